@@ -1,0 +1,77 @@
+"""The ``dpljax`` command: thin; it only turns configs into calls of library functions.
+
+    dpljax [experiment=NAME] [key=value ...] [-m]   train + test an experiment (Hydra)
+    dpljax evaluate RUN_DIR                         re-run a saved model on its test period
+    dpljax data camels-us SOURCE_DIR OUT.zarr       convert the official CAMELS-US layout
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _train(cfg) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from .experiment import SECTIONS, run_experiment
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    unknown = sorted(set(config) - set(SECTIONS) - {"name"})
+    if unknown:
+        from .experiment import ConfigError
+
+        raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
+    run_dir = HydraConfig.get().runtime.output_dir
+    print(f"run directory: {run_dir}")
+    summary = run_experiment({k: config[k] for k in SECTIONS}, run_dir)
+    return summary["median_nse"]
+
+
+def _hydra_entry():
+    import hydra
+
+    main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_train)
+    return main()
+
+
+def _evaluate(argv):
+    p = argparse.ArgumentParser(prog="dpljax evaluate", description="Re-run a saved model on its "
+                                "test period and recompute its metrics (written to RUN_DIR/evaluation).")
+    p.add_argument("run_dir")
+    args = p.parse_args(argv)
+    from .experiment import evaluate_run
+
+    evaluate_run(args.run_dir)
+
+
+def _data(argv):
+    p = argparse.ArgumentParser(prog="dpljax data", description="Dataset tools.")
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("camels-us", help="convert the official CAMELS-US download to the dataset contract (zarr)")
+    c.add_argument("source_dir")
+    c.add_argument("out")
+    c.add_argument("--basins", nargs="*", default=None, help="basin ids (default: every forcing file found)")
+    args = p.parse_args(argv)
+    from .data.camels import read_camels_us, write_zarr
+
+    ds = read_camels_us(args.source_dir, basins=args.basins)
+    write_zarr(ds, args.out)
+    print(f"wrote {args.out}: {ds.sizes['basin']} basins x {ds.sizes['time']} days")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "evaluate":
+        return _evaluate(argv[1:])
+    if argv and argv[0] == "data":
+        return _data(argv[1:])
+    sys.argv = [sys.argv[0]] + argv
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

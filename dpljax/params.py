@@ -1,0 +1,111 @@
+"""Parameter spaces: from a network's raw outputs to bounded physical parameters.
+
+A :class:`ParameterSpace` knows, for one process model, the names and bounds of its
+parameters, which of them vary in time (``dynamic``), how many parallel components each
+basin has (``nmul``) and which routing parameters are learned (one set per basin). It fixes
+the layout of the network's last axis::
+
+    [ static params x nmul | dynamic params x nmul | routing params ]
+
+and maps raw values to physical ones with ``lo + sigmoid(raw) * (hi - lo)``. Static and
+routing parameters are read from the network's *last* time step, dynamic ones from every
+step (the reference practice of Tsai et al. 2021 and Feng et al. 2022).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclass(frozen=True)
+class ParameterSpace:
+    """Layout and scaling of learned parameters.
+
+    Args:
+      bounds: ordered ``name -> (lo, hi)`` of the process model's parameters.
+      nmul: parallel components per basin (16 in the reference studies).
+      dynamic: names whose values vary in time (need a sequence network such as an LSTM).
+      routing_bounds: ordered ``name -> (lo, hi)`` of per-basin routing parameters
+        (empty: no routing).
+    """
+
+    bounds: Mapping[str, tuple[float, float]]
+    nmul: int = 16
+    dynamic: tuple[str, ...] = ()
+    routing_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "bounds", dict(self.bounds))
+        object.__setattr__(self, "routing_bounds", dict(self.routing_bounds))
+        object.__setattr__(self, "dynamic", tuple(self.dynamic))
+        if int(self.nmul) < 1:
+            raise ValueError(f"nmul must be >= 1, got {self.nmul}")
+        unknown = [n for n in self.dynamic if n not in self.bounds]
+        if unknown:
+            raise ValueError(f"dynamic parameters {unknown} are not parameters of the model "
+                             f"(known: {list(self.bounds)})")
+        for name, (lo, hi) in {**self.bounds, **self.routing_bounds}.items():
+            if not float(lo) < float(hi):
+                raise ValueError(f"parameter {name!r}: lower bound {lo} must be < upper bound {hi}")
+
+    def __hash__(self):  # usable as a static argument of jit
+        return hash((tuple(self.bounds.items()), self.nmul, self.dynamic,
+                     tuple(self.routing_bounds.items())))
+
+    @property
+    def static(self) -> tuple[str, ...]:
+        return tuple(n for n in self.bounds if n not in self.dynamic)
+
+    @property
+    def n_outputs(self) -> int:
+        """Size of the network's last axis."""
+        return len(self.bounds) * self.nmul + len(self.routing_bounds)
+
+    @property
+    def needs_sequence(self) -> bool:
+        return bool(self.dynamic)
+
+    def to_physical(self, raw) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Raw network output -> ``(model_params, routing_params)`` in physical units.
+
+        ``raw`` is ``(B, n_outputs)`` (a static network) or ``(B, T, n_outputs)``. Returns
+        model parameters of shape ``(B, nmul)`` (static) or ``(B, T, nmul)`` (dynamic) and
+        routing parameters of shape ``(B,)``.
+        """
+        if raw.shape[-1] != self.n_outputs:
+            raise ValueError(f"network emits {raw.shape[-1]} values, the parameter space needs "
+                             f"{self.n_outputs} ({len(self.bounds)} x nmul={self.nmul} + "
+                             f"{len(self.routing_bounds)} routing)")
+        if raw.ndim == 2:
+            if self.dynamic:
+                raise ValueError(f"dynamic parameters {list(self.dynamic)} need a sequence "
+                                 "network (e.g. the LSTM g_z); this network is static")
+            last, seq = raw, None
+        elif raw.ndim == 3:
+            last, seq = raw[:, -1], raw
+        else:
+            raise ValueError(f"raw network output must be 2-D or 3-D, got shape {raw.shape}")
+        m = self.nmul
+        scaled = {}
+        for i, (name, (lo, hi)) in enumerate(self.bounds.items()):
+            src = seq if name in self.dynamic else last
+            r = src[..., i * m : (i + 1) * m]
+            scaled[name] = lo + jax.nn.sigmoid(r) * (hi - lo)
+        off = len(self.bounds) * m
+        routing = {
+            name: lo + jax.nn.sigmoid(last[:, off + j]) * (hi - lo)
+            for j, (name, (lo, hi)) in enumerate(self.routing_bounds.items())
+        }
+        return scaled, routing
+
+    def to_raw(self, values: Mapping[str, Any]):
+        """Inverse of the scaling for one set of physical values (for initialising or tests)."""
+        out = {}
+        for name, (lo, hi) in {**self.bounds, **self.routing_bounds}.items():
+            if name in values:
+                u = (jnp.asarray(values[name]) - lo) / (hi - lo)
+                out[name] = jnp.log(u) - jnp.log1p(-u)
+        return out

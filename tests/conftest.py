@@ -1,0 +1,43 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path | None:
+    """``../shared/data`` beside the checkout (or $DPLJAX_SHARED_DATA); None when absent."""
+    env = os.environ.get("DPLJAX_SHARED_DATA")
+    for p in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
+        if (p / "camels_us.zarr").exists():
+            return p
+    return None
+
+
+@pytest.fixture(scope="session")
+def sample():
+    from dpljax.data import load_sample
+
+    return load_sample()
+
+
+@pytest.fixture(scope="session")
+def camels_zarr():
+    p = shared_data()
+    if p is None:
+        pytest.skip("../shared/data/camels_us.zarr is not available")
+    return p / "camels_us.zarr"
+
+
+@pytest.fixture(scope="session")
+def forcing10y(sample):
+    """Ten years of real daily forcing of every sample basin (float64 NumPy, (N, T))."""
+    sub = sample.sel(time=slice("1989-10-01", "1999-09-30"))
+    prcp = sub["prcp"].values.astype(np.float64)
+    tmean = ((sub["tmax"] + sub["tmin"]) / 2).values.astype(np.float64)
+    pet = sub["pet"].values.astype(np.float64)
+    return prcp, tmean, pet

@@ -1,0 +1,75 @@
+"""Masked losses and per-basin metrics, against hand-computed values."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dpljax import metrics as M
+from dpljax.losses import NSEBatch, RMSECombined, log_sqrt_q, masked_rmse
+
+
+def test_masked_rmse_ignores_nan_in_value_and_gradient():
+    obs = jnp.array([[1.0, jnp.nan, 3.0], [jnp.nan, 2.0, 2.0]])
+    pred = jnp.array([[2.0, 100.0, 3.0], [5.0, 2.0, 4.0]])
+    assert float(masked_rmse(pred, obs)) == pytest.approx(np.sqrt((1 + 0 + 0 + 4) / 4))
+    g = jax.grad(lambda p: RMSECombined()(p, obs))(pred)
+    assert np.all(np.isfinite(g))
+    assert float(g[0, 1]) == 0.0 and float(g[1, 0]) == 0.0
+
+
+def test_rmse_combined_value():
+    obs = jnp.array([[1.0, 2.0, 4.0]])
+    pred = jnp.array([[1.5, 2.0, 3.0]])
+    a = np.sqrt(np.mean((np.array([1.5, 2, 3]) - np.array([1, 2, 4])) ** 2))
+    t = lambda x: np.log10(np.sqrt(x + 1e-6) + 0.1)
+    b = np.sqrt(np.mean((t(np.array([1.5, 2, 3])) - t(np.array([1, 2, 4]))) ** 2))
+    assert float(RMSECombined()(pred, obs)) == pytest.approx(0.75 * a + 0.25 * b, rel=1e-5)
+
+
+def test_losses_finite_gradient_at_perfect_fit_and_all_missing():
+    obs = jnp.array([[1.0, 2.0], [0.0, 0.0]])
+    for loss in (RMSECombined(), NSEBatch()):
+        g = jax.grad(lambda p: loss(p, obs, jnp.array([0.5, 0.0])))(obs)
+        assert np.all(np.isfinite(g))
+        allnan = jnp.full((2, 2), jnp.nan)
+        v, g = jax.value_and_grad(lambda p: loss(p, allnan, jnp.array([0.5, 0.0])))(obs)
+        assert float(v) == 0.0 and np.all(np.asarray(g) == 0)
+
+
+def test_nse_batch_value():
+    obs = jnp.array([[1.0, 3.0], [2.0, jnp.nan]])
+    pred = jnp.array([[2.0, 3.0], [1.0, 7.0]])
+    std = jnp.array([1.0, 0.4])
+    want = (1 / 1.1**2 + 0 + 1 / 0.5**2) / 3
+    assert float(NSEBatch()(pred, obs, std)) == pytest.approx(want, rel=1e-5)
+
+
+def test_metrics_hand_values():
+    obs = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
+    assert M.nse(obs, obs) == 1.0
+    assert M.nse(np.full(5, 2.5), obs) == pytest.approx(0.0)
+    assert M.kge(obs, obs) == pytest.approx(1.0)
+    sim = np.array([2.0, 3.0, 4.0, 5.0, 9.0])
+    assert M.rmse(sim, obs) == pytest.approx(1.0)
+    assert M.bias(sim, obs) == pytest.approx(0.4)
+    assert M.pearson_r(sim, obs) == pytest.approx(1.0)
+    # KGE with r=1, alpha=1, beta=1.4
+    assert M.kge(sim, obs) == pytest.approx(1 - 0.4)
+    assert M.fhv(obs, obs) == 0.0
+    lf = np.exp(np.linspace(-3, 2, 50))
+    assert M.flv(lf, lf) == pytest.approx(0.0) and M.flv(lf * 0.5, lf) == pytest.approx(0.0, abs=0.01)  # percent; the 1e-6 offset
+    assert M.flv(lf ** 1.2, lf) < 0  # steeper low-flow recession: less low-flow volume
+    q = np.linspace(1, 100, 100)
+    assert M.fhv(q * 1.1, q) == pytest.approx(10.0)
+
+
+def test_metrics_table_counts_observations():
+    obs = np.array([[1.0, 2.0, np.nan, 4.0], [1.0, 1.5, 2.0, 2.5]])
+    t = M.table(obs + 0.1, obs, ["a", "b"])
+    assert list(t.index) == ["a", "b"]
+    assert t.loc["a", "n_obs"] == 3 and t.loc["b", "n_obs"] == 4
+    assert set(M.METRICS) <= set(t.columns)
+
+
+def test_log_sqrt_q_finite_gradient_at_zero():
+    assert np.isfinite(jax.grad(lambda q: log_sqrt_q(q))(0.0))
