@@ -27,7 +27,12 @@ def _train(cfg) -> float:
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
     run_dir = HydraConfig.get().runtime.output_dir
     print(f"run directory: {run_dir}")
-    summary = run_experiment({k: config[k] for k in SECTIONS}, run_dir)
+    config = {k: config[k] for k in SECTIONS}
+    if config["train"].get("resume"):  # the run's saved config governs; see README "Resume"
+        from .experiment import resume_config
+
+        config = resume_config(config, run_dir, list(HydraConfig.get().overrides.task))
+    summary = run_experiment(config, run_dir)
     return summary["median_nse"]
 
 

@@ -10,23 +10,29 @@ to reproduce and re-evaluate a run::
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import inspect
 import json
+import math
 import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
 from flax import nnx
 
 from . import evaluate as E
-from .data.dataset import DataConfig, fit_normalizer, load, prepare, test_start_with_warmup
+from .data.dataset import (DataConfig, LoadReport, fit_normalizer, load, load_with_report, prepare,
+                           test_start_with_warmup)
 from .data.normalize import Normalizer
 from .dpl import DPL
 from .losses import LOSSES
@@ -34,7 +40,8 @@ from .models.base import MODELS
 from .models.routing import BOUNDS as ROUTING_BOUNDS
 from .nets.registry import NETS
 from .params import ParameterSpace
-from .train import TrainConfig, fit, load_checkpoint, save_checkpoint
+from .train import (RESUMABLE_CHANGES, ResumeError, TrainConfig, _flat, _resume_differences, fit,
+                    load_checkpoint, read_checkpoint_meta, save_checkpoint)
 
 SECTIONS = ("model", "net", "loss", "optim", "data", "train")
 
@@ -51,7 +58,8 @@ def _dataclass(cls, section: str, values: dict):
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"'{section}': {e}") from e
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(f"{section}.") else f"'{section}': {msg}") from e
 
 
 def _lookup(registry: dict, section: str, name: str):
@@ -79,46 +87,242 @@ class Experiment:
                    rngs=nnx.Rngs(self.train.seed if seed is None else seed))
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+
+def _section(config: dict, name: str) -> dict:
+    v = config[name]
+    if v is None:
+        v = {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"config section '{name}' must be a mapping of keys to values, got {v!r}")
+    return dict(v)
+
+
+def _keyword_options(cls, skip=("self", "rngs", "param_dtype")) -> set[str] | None:
+    """Names ``cls(...)`` accepts as options; ``None`` when it takes ``**kwargs``."""
+    params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name not in skip
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _check_options(cls, section: str, options: dict, fixed: tuple = ()) -> None:
+    known = _keyword_options(cls)
+    if known is None:
+        return
+    known -= set(fixed)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in '{section}' (known: {sorted(known) + ['name']})")
+    # The type of each option's default says what the option takes.
+    sig = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
+    for k, v in options.items():
+        d = sig[k].default
+        if d is inspect.Parameter.empty or d is None or v is None:
+            continue
+        if isinstance(d, bool):
+            ok, what = isinstance(v, bool), "true or false"
+        elif _is_number(d):
+            ok, what = _is_number(v), "a number"
+        elif isinstance(d, (tuple, list)):
+            ok, what = isinstance(v, (tuple, list)), "a list"
+        elif isinstance(d, str):
+            ok, what = isinstance(v, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{section}.{k} must be {what}, got {v!r} ({type(v).__name__})")
+
+
+def _build_model(mc: dict):
+    model_cls = _lookup(MODELS, "model", mc.pop("name", "hbv"))
+    nmul = mc.pop("nmul", 16)
+    if not _is_int(nmul) or nmul < 1:
+        raise ConfigError(f"model.nmul must be an integer >= 1, got {nmul!r}")
+    dynamic = mc.pop("dynamic", ()) or ()
+    if isinstance(dynamic, str) or not isinstance(dynamic, (list, tuple)) \
+            or not all(isinstance(d, str) for d in dynamic):
+        raise ConfigError(f"model.dynamic must be a list of parameter names, got {dynamic!r}")
+    routing = mc.pop("routing", True)
+    if not isinstance(routing, bool):
+        raise ConfigError(f"model.routing must be true or false, got {routing!r}")
+    options = mc.pop("options", {}) or {}
+    bounds_override = mc.pop("bounds", {}) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"model.options must be a mapping, got {options!r}")
+    if not isinstance(bounds_override, dict):
+        raise ConfigError(f"model.bounds must map parameter names to [lo, hi], got {bounds_override!r}")
+    if mc:
+        raise ConfigError(f"unknown key(s) {sorted(mc)} in 'model' "
+                          "(known: ['bounds', 'dynamic', 'name', 'nmul', 'options', 'routing'])")
+    _check_options(model_cls, "model.options", options)
+    try:
+        model = model_cls(**options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"'model.options': {e}") from e
+    bounds = dict(model.bounds)
+    for k, v in bounds_override.items():
+        if k not in bounds:
+            raise ConfigError(f"model.bounds: {k!r} is not a parameter of {model_cls.name} "
+                              f"(parameters: {list(bounds)})")
+        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or len(v) != 2 \
+                or not all(_is_number(x) and math.isfinite(x) for x in v):
+            raise ConfigError(f"model.bounds.{k} must be a pair [lo, hi] of finite numbers, got {v!r}")
+        if not float(v[0]) < float(v[1]):
+            raise ConfigError(f"model.bounds.{k}: lower bound {v[0]} must be < upper bound {v[1]}")
+        bounds[k] = tuple(float(x) for x in v)
+    try:
+        space = ParameterSpace(bounds, nmul, tuple(dynamic), ROUTING_BOUNDS if routing else {})
+    except ValueError as e:
+        raise ConfigError(f"'model': {e}") from e
+    return model, space
+
+
 def build(config: dict) -> Experiment:
-    """Construct (and check) every piece of an experiment from a plain dict."""
+    """Construct (and check) every piece of an experiment from a plain dict.
+
+    Every config error surfaces here as a :class:`ConfigError` naming the key, before any data
+    are read or anything is compiled: unknown keys, wrong types, unparseable or reversed
+    periods, parameter bounds with lo >= hi, options a network, loss or optimiser rejects.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping of sections, got {type(config).__name__}")
     missing = [s for s in SECTIONS if s not in config]
     if missing:
         raise ConfigError(f"config lacks section(s) {missing}")
-    mc = dict(config["model"])
-    model_cls = _lookup(MODELS, "model", mc.pop("name", "hbv"))
-    nmul, dynamic = int(mc.pop("nmul", 16)), tuple(mc.pop("dynamic", ()) or ())
-    routing, options = bool(mc.pop("routing", True)), dict(mc.pop("options", {}) or {})
-    bounds_override = dict(mc.pop("bounds", {}) or {})
-    if mc:
-        raise ConfigError(f"unknown key(s) {sorted(mc)} in 'model'")
-    try:
-        model = model_cls(**options)
-        bounds = dict(model.bounds)
-        for k, v in bounds_override.items():
-            if k not in bounds:
-                raise ConfigError(f"model.bounds: {k!r} is not a parameter of {model_cls.name}")
-            bounds[k] = tuple(float(x) for x in v)
-        space = ParameterSpace(bounds, nmul, dynamic, ROUTING_BOUNDS if routing else {})
-    except TypeError as e:
-        raise ConfigError(f"'model.options': {e}") from e
-    except ValueError as e:
-        raise ConfigError(f"'model': {e}") from e
-    nc = dict(config["net"])
-    net_name = nc.pop("name")
+    unknown = sorted(set(config) - set(SECTIONS) - {"name"})
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
+    model, space = _build_model(_section(config, "model"))
+    nc = _section(config, "net")
+    net_name = nc.pop("name", None)
     net_cls = _lookup(NETS, "net", net_name)
-    if dynamic and not net_cls.is_sequence:
-        raise ConfigError(f"model.dynamic={list(dynamic)} needs a sequence network (net=lstm); "
+    _check_options(net_cls, "net", nc, fixed=("n_dynamic", "n_static", "n_out"))
+    if space.dynamic and not net_cls.is_sequence:
+        raise ConfigError(f"model.dynamic={list(space.dynamic)} needs a sequence network (net=lstm); "
                           f"net={net_name!r} gives static parameters only")
-    lc = dict(config["loss"])
-    loss = _lookup(LOSSES, "loss", lc.pop("name"))(**lc)
-    oc = dict(config["optim"])
-    oname = oc.pop("name")
-    if not hasattr(optax, oname):
+    lc = _section(config, "loss")
+    loss_cls = _lookup(LOSSES, "loss", lc.pop("name", None))
+    _check_options(loss_cls, "loss", lc)
+    try:
+        loss = loss_cls(**lc)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"'loss': {e}") from e
+    oc = _section(config, "optim")
+    oname = oc.pop("name", None)
+    if not isinstance(oname, str) or not callable(getattr(optax, oname, None)):
         raise ConfigError(f"optim.name={oname!r} is not an Optax optimiser")
-    tx = getattr(optax, oname)(**oc)
-    data = _dataclass(DataConfig, "data", dict(config["data"]))
-    train = _dataclass(TrainConfig, "train", dict(config["train"]))
-    return Experiment(config, DPL(model, space), data, train, loss, tx, net_name, nc)
+    _check_options(getattr(optax, oname), "optim", oc)
+    lr = oc.get("learning_rate")
+    if lr is not None and not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"optim.learning_rate must be a number > 0, got {lr!r}")
+    try:
+        tx = getattr(optax, oname)(**oc)
+        like = {"w": jnp.zeros(3)}
+        jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), like)  # wrong option types fail here
+    except Exception as e:  # noqa: BLE001 - any failure is the config's
+        raise ConfigError(f"'optim' ({oname}): {type(e).__name__}: {e}") from e
+    data = _dataclass(DataConfig, "data", _section(config, "data"))
+    train = _dataclass(TrainConfig, "train", _section(config, "train"))
+    n_days = (np.datetime64(data.train[1]) - np.datetime64(data.train[0])).astype(int) + 1
+    if train.warmup + train.window > n_days:
+        raise ConfigError(f"train.warmup + train.window = {train.warmup} + {train.window} days is longer "
+                          f"than the training period data.train={list(data.train)} ({n_days} days)")
+    exp = Experiment(config, DPL(model, space), data, train, loss, tx, net_name, nc)
+    try:  # shapes only: wrong option types of the network fail here, not inside the jitted step
+        def trial():
+            net = exp.make_net(len(data.net_forcing), len(data.attributes))
+            return net(jnp.zeros((2, 4, len(data.net_forcing))), jnp.zeros((2, len(data.attributes))),
+                       key=jax.random.key(0))
+
+        out = jax.eval_shape(trial)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"'net' ({net_name}): {type(e).__name__}: {e}") from e
+    if out.shape[-1] != space.n_outputs:
+        raise ConfigError(f"net {net_name!r} emits {out.shape[-1]} values, the model needs {space.n_outputs}")
+    return exp
+
+
+def check_against_data(exp: Experiment, ds, report: LoadReport | None = None) -> None:
+    """Config checks that need the selected data (still before any compute)."""
+    n = int(ds.sizes["basin"])
+    tc = exp.train
+    if tc.batch_basins > n:
+        why = ""
+        if report is not None and report.excluded:
+            why = f" ({len(report.excluded)} of {report.n_selected} were excluded for bad data)"
+        raise ConfigError(f"train.batch_basins={tc.batch_basins} is larger than the {n} basins the "
+                          f"experiment trains on{why}; set train.batch_basins <= {n}")
+
+
+def _resume_view(exp: Experiment) -> dict:
+    """The parts of an experiment a resumed run must share with its checkpoint (the train
+    section is compared by :func:`dpljax.train.fit`; the data's location may move)."""
+    data = asdict(exp.data)
+    data.pop("source")
+    view = {s: exp.config[s] for s in ("model", "net", "loss", "optim")}
+    view["data"] = data
+    return json.loads(json.dumps(view))
+
+
+def _fingerprint(arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def resume_config(composed: dict, run_dir: str | Path, overrides: list[str], log=print) -> dict:
+    """The config of a resumed command-line run: the run's saved ``config.yaml``, with the
+    command line's changes of :data:`~dpljax.train.RESUMABLE_CHANGES` (e.g. ``train.epochs``)
+    applied. Any other override that contradicts the saved config is a :class:`ConfigError`;
+    overrides of whole config trees (``experiment=...``) are ignored: the saved run governs.
+    """
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.exists():
+        return composed
+    saved = yaml.safe_load(saved_path.read_text())
+    out = copy.deepcopy(saved)
+    out.setdefault("train", {})["resume"] = True
+    missing = object()
+
+    def get(d, parts):
+        for p in parts:
+            if not isinstance(d, dict) or p not in d:
+                return missing
+            d = d[p]
+        return d
+
+    conflicts = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        if parts[0] not in SECTIONS:
+            continue
+        new, old = get(composed, parts), get(saved, parts)
+        if json.dumps(new, sort_keys=True, default=str) == json.dumps(old, sort_keys=True, default=str):
+            continue
+        if len(parts) == 2 and parts[0] == "train" and parts[1] in RESUMABLE_CHANGES:
+            out["train"][parts[1]] = new
+            if parts[1] != "resume":
+                log(f"resume: {key} changed from {old!r} to {new!r}")
+        else:
+            conflicts.append(f"{key} (saved: {'absent' if old is missing else repr(old)}, "
+                             f"now: {'absent' if new is missing else repr(new)})")
+    if conflicts:
+        raise ConfigError(f"cannot resume {run_dir} with a different configuration: "
+                          f"{'; '.join(conflicts)}. A resumed run may change only "
+                          f"{['train.' + k for k in RESUMABLE_CHANGES]}")
+    return out
 
 
 def run_info() -> dict:
@@ -172,37 +376,94 @@ def summarise(table, **extra) -> dict:
 
 
 def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
-    """Train and test one experiment; everything lands in ``run_dir``. Returns the summary."""
+    """Train and test one experiment; everything lands in ``run_dir``. Returns the summary.
+
+    With ``train.resume=true`` a run directory holding ``checkpoints/last.npz`` is continued
+    from it (same config and data, checked); without it such a directory is refused rather
+    than overwritten.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     exp = build(config)  # every config error surfaces here, before data or compute
+    last = run_dir / "checkpoints" / "last.npz"
+    old = None
+    if last.exists():
+        if not exp.train.resume:
+            raise ConfigError(f"{run_dir} already holds a training run ({last}); pass "
+                              "train.resume=true to continue it, or choose a new run directory")
+        old = read_checkpoint_meta(last)
+        diffs = _resume_differences(old, exp.train, {"experiment": _resume_view(exp)})
+        if diffs:
+            raise ResumeError(f"cannot resume from {last}: " + "; ".join(diffs))
+    elif exp.train.resume:
+        log(f"train.resume=true, but {last} does not exist: starting a new run")
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     info = run_info()
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))
-    ds = load(exp.data)
+    info_path = run_dir / "run_info.json"
+    if old is not None and info_path.exists():
+        first = json.loads(info_path.read_text())
+        first.setdefault("resumed", []).append({**info, "from_step": old["step"]})
+        info_path.write_text(json.dumps(first, indent=1))
+    else:
+        info_path.write_text(json.dumps(info, indent=1))
+    ds, report = load_with_report(exp.data, log=log)
     basins = ds["basin"].values.tolist()
+    check_against_data(exp, ds, report)
     norm = fit_normalizer(exp.data, ds)
+    norm_d = json.loads(json.dumps(asdict(norm)))
+    if old is not None and old.get("normalizer") is not None:
+        if _flat(old["normalizer"]) != _flat(norm_d):
+            raise ResumeError(f"cannot resume from {last}: the normalisation statistics of the data "
+                              "differ from those stored in the checkpoint (did the data change?)")
+        norm = Normalizer(dynamic={k: tuple(v) for k, v in old["normalizer"]["dynamic"].items()},
+                          static={k: tuple(v) for k, v in old["normalizer"]["static"].items()},
+                          categories=old["normalizer"].get("categories", {}))
     norm.to_json(run_dir / "normalizer.json")
     train_arrays, _ = prepare(exp.data, ds, norm, *exp.data.train)
-    n_masked = int(np.isnan(np.asarray(train_arrays.obs)).sum())
+    train_missing = np.isnan(np.asarray(train_arrays.obs)).sum(axis=1)
+    n_masked = int(train_missing.sum())
     log(f"data: {len(basins)} basins; train {exp.data.train[0]}..{exp.data.train[1]} "
         f"({train_arrays.obs.shape[1]} days, {n_masked} missing observations masked); "
         f"test {exp.data.test[0]}..{exp.data.test[1]}")
+
+    def data_report(test_missing=None):
+        per_basin = {str(b): {"train_obs_masked": int(train_missing[i])} for i, b in enumerate(basins)}
+        if test_missing is not None:
+            for b in per_basin:
+                per_basin[b]["test_obs_masked"] = int(test_missing.loc[b])
+        masked = {"train": n_masked, **({"test": int(test_missing.sum())} if test_missing is not None else {})}
+        (run_dir / "data_report.json").write_text(json.dumps(
+            {**report.to_dict(), "observations_masked": masked, "per_basin": per_basin}, indent=1))
+
+    data_report()  # written now, so that a run that dies in training has it too
     net = exp.make_net(train_arrays.x_dynamic.shape[-1], train_arrays.x_static.shape[-1])
     graphdef = nnx.graphdef(net)
     validate = None
     if exp.data.valid is not None:
         v_arrays, _, v_skip = period_arrays(exp, ds, norm, exp.data.valid)
         validate = lambda state: _median_nse(exp, graphdef, state, v_arrays, basins, v_skip)
+    meta = {"experiment": _resume_view(exp), "normalizer": norm_d,
+            "data_fingerprint": _fingerprint(train_arrays)}
     result = fit(exp.dpl, net, exp.tx, exp.loss, train_arrays, exp.train, run_dir=run_dir,
-                 validate=validate, basins=basins, log=log)
+                 validate=validate, basins=basins, log=log, meta=meta)
     (run_dir / "train_log.json").write_text(json.dumps(result.history, indent=1))
     state = result.best_state if result.best_state is not None else result.net_state
     save_checkpoint(run_dir / "weights.npz", state, {"step": result.step,
                                                      "which": "best" if result.best_state is not None else "last"})
     table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, run_dir)
+    test_missing = table["n_missing"].astype(int)
+    log(f"test: {int(test_missing.sum())} missing observations masked")
+    if result.skipped_steps:
+        log(f"training: {result.skipped_steps} step(s) skipped for a non-finite loss, gradient or "
+            "update (see summary.json: skipped_batches)")
+    data_report(test_missing)
     summary = summarise(table, train_wall_time_s=result.wall_time, steps=result.step,
-                        skipped_steps=result.skipped_steps, train_obs_masked=n_masked,
+                        skipped_steps=result.skipped_steps, skipped_batches=result.skipped_batches[:20],
+                        resumed_from_step=result.resumed_from,
+                        train_obs_masked=n_masked, test_obs_masked=int(test_missing.sum()),
+                        n_excluded=len(report.excluded), excluded_basins=report.excluded,
+                        data_warnings={k: {"basins": len(w["basins"]), "cells": w["cells"]}
+                                       for k, w in report.warnings.items()},
                         git_commit=info["git_commit"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log(f"median test NSE: {summary['median_nse']:.4f}")

@@ -80,10 +80,12 @@ FUNCS = {"nse": nse, "kge": kge, "rmse": rmse, "bias": bias, "r": pearson_r, "fh
 
 def table(sim: np.ndarray, obs: np.ndarray, basins, metrics=METRICS) -> pd.DataFrame:
     """Per-basin metrics of ``sim, obs (N, T)`` as a DataFrame indexed by basin, with the
-    number of valid observations in ``n_obs``."""
+    number of valid observations in ``n_obs`` and of missing (NaN, masked) ones in
+    ``n_missing``."""
     rows = []
     for i, b in enumerate(basins):
         row = {m: FUNCS[m](sim[i], obs[i]) for m in metrics}
         row["n_obs"] = int(np.isfinite(obs[i]).sum())
+        row["n_missing"] = int((~np.isfinite(np.asarray(obs[i], dtype=np.float64))).sum())
         rows.append(row)
     return pd.DataFrame(rows, index=pd.Index([str(b) for b in basins], name="basin"))

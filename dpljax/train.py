@@ -3,7 +3,9 @@
 The train step is a pure function ``(net_state, opt_state, step, arrays) -> (net_state,
 opt_state, loss, ok, basin_idx)``: it samples its own minibatch on the device from
 ``fold_in(seed_key, step)``, runs network -> HBV -> routing, takes the masked loss after the
-warm-up, and applies the Optax update only when the loss and every gradient are finite.
+warm-up, and applies the Optax update only when the loss, every gradient and the updated
+parameters are finite. :func:`fit` runs it, validates, writes atomic checkpoints holding
+everything a bit-exact resume needs, and resumes from them.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +36,11 @@ class TrainConfig:
     basin-day to have been sampled with probability 0.99); minibatches of ``batch_basins``
     basins x ``window`` days after ``warmup`` spin-up days; validation every ``valid_every``
     epochs (when a validation period is configured); a checkpoint every ``checkpoint_every``
-    epochs and at the end; ``nan_policy``: "skip" a step whose loss or gradient is not finite,
-    or "halt" with an error naming the batch's basins.
+    epochs, every ``checkpoint_minutes`` of wall time (if set; mid-epoch too) and at the end;
+    ``nan_policy``: "skip" a step whose loss or gradient is not finite, or "halt" with an
+    error naming the batch's basins (after writing a checkpoint of the last good state);
+    ``clip_grad_norm``: clip the gradient to this global norm before the optimiser;
+    ``resume``: continue from the run directory's ``checkpoints/last.npz``.
     """
 
     epochs: int = 20
@@ -48,17 +53,51 @@ class TrainConfig:
     nan_policy: str = "skip"
     valid_every: int = 1
     checkpoint_every: int = 1
+    checkpoint_minutes: float | None = None
     resume: bool = False
     progress: bool = True
 
     def __post_init__(self):
+        def integer(name, lo, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                need = "null or " if optional else ""
+                raise ValueError(f"train.{name} must be {need}an integer >= {lo}, got {v!r}"
+                                 + (f" ({type(v).__name__})" if not isinstance(v, (int, np.integer)) else ""))
+            setattr(self, name, int(v))
+
+        def number(name):
+            v = getattr(self, name)
+            if v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not v > 0 \
+                    or not math.isfinite(v):
+                raise ValueError(f"train.{name} must be null or a number > 0, got {v!r}")
+            setattr(self, name, float(v))
+
+        for name in ("epochs", "batch_basins", "window", "valid_every", "checkpoint_every"):
+            integer(name, 1)
+        integer("iters_per_epoch", 1, optional=True)
+        integer("warmup", 0)
+        integer("seed", -(2 ** 63))
+        number("clip_grad_norm")
+        number("checkpoint_minutes")
         if self.nan_policy not in ("skip", "halt"):
             raise ValueError(f"train.nan_policy must be 'skip' or 'halt', got {self.nan_policy!r}")
-        for name in ("epochs", "batch_basins", "window"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if int(self.warmup) < 0:
-            raise ValueError(f"train.warmup must be >= 0, got {self.warmup}")
+        for name in ("resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+
+
+#: TrainConfig fields a resumed run may change: they do not alter the parameters' trajectory.
+RESUMABLE_CHANGES = ("epochs", "nan_policy", "valid_every", "checkpoint_every",
+                     "checkpoint_minutes", "resume", "progress")
+
+
+class ResumeError(ValueError):
+    """A checkpoint cannot be continued with this configuration or data."""
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -84,12 +123,18 @@ def make_train_step(dpl: DPL, graphdef, tx: optax.GradientTransformation, loss_f
             return loss_fn(q[:, warmup:], b.obs[:, warmup:], b.obs_std)
 
         loss, grads = jax.value_and_grad(loss_of)(net_state)
-        ok = jnp.isfinite(loss) & jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        # A non-finite gradient never reaches the parameters or the optimizer's moments.
+        def finite(tree):
+            leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                      if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+            return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+        ok = jnp.isfinite(loss) & finite(grads)
+        # A non-finite gradient never reaches the parameters or the optimizer's moments ...
         grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
         updates, new_opt = tx.update(grads, opt_state, net_state)
         new_state = optax.apply_updates(net_state, updates)
+        # ... nor does a non-finite update (e.g. an optimiser dividing 0 by 0).
+        ok = ok & finite(new_state) & finite(new_opt)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         return keep(new_state, net_state), keep(new_opt, opt_state), loss, ok, idx
 
@@ -98,17 +143,39 @@ def make_train_step(dpl: DPL, graphdef, tx: optax.GradientTransformation, loss_f
 
 # ---------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | Path, tree: Any, meta: dict) -> None:
-    """Write ``tree``'s leaves and ``meta`` atomically: a crash leaves the old file intact."""
+    """Write ``tree``'s leaves and ``meta`` atomically: a crash leaves the old file intact.
+
+    The file is written beside its target, flushed to disk, then renamed over it (an atomic
+    operation on POSIX file systems), and the directory entry is synced.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                 **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                     **{f"leaf_{i}": x for i, x in enumerate(leaves)})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some file systems cannot sync a directory; the rename is still atomic
+        pass
+
+
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """The metadata of a checkpoint, without loading its arrays."""
+    with np.load(path) as z:
+        return json.loads(z["__meta__"].tobytes().decode())
 
 
 def load_checkpoint(path: str | Path, like: Any) -> tuple[Any, dict]:
@@ -129,6 +196,50 @@ def load_checkpoint(path: str | Path, like: Any) -> tuple[Any, dict]:
     return jax.tree.unflatten(treedef, leaves), meta
 
 
+def _flat(d: Any, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` after a JSON round trip (tuples become lists)."""
+    d = json.loads(json.dumps(d))
+    out = {}
+
+    def walk(x, p):
+        if isinstance(x, dict) and x:
+            for k, v in x.items():
+                walk(v, f"{p}.{k}" if p else str(k))
+        else:
+            out[p] = x
+
+    walk(d, prefix)
+    return out
+
+
+def _resume_differences(old_meta: dict, cfg: TrainConfig, meta: dict, *, ipe: int | None = None,
+                        key_data: list | None = None, basins=None) -> list[str]:
+    """What keeps a checkpoint from being continued bit-for-bit by this run."""
+    diffs = []
+    old_cfg, new_cfg = old_meta.get("config", {}), asdict(cfg)
+    for k, v in new_cfg.items():
+        if k not in RESUMABLE_CHANGES and k in old_cfg and old_cfg[k] != v:
+            diffs.append(f"train.{k} was {old_cfg[k]!r}, now {v!r}")
+    if key_data is not None and old_meta.get("key_data") not in (None, key_data) and not diffs:
+        diffs.append("the random key derived from train.seed differs")
+    if ipe is not None and old_meta.get("iters_per_epoch") not in (None, ipe):
+        diffs.append(f"iterations per epoch were {old_meta['iters_per_epoch']}, now {ipe}")
+    if basins is not None and old_meta.get("basins") is not None and \
+            old_meta["basins"] != [str(b) for b in basins]:
+        diffs.append(f"the training basins differ ({len(old_meta['basins'])} in the checkpoint, "
+                     f"{len(basins)} now)")
+    for k, v in meta.items():
+        if k not in old_meta:
+            continue
+        a, b = _flat(old_meta[k]), _flat(v)
+        changed = sorted(x for x in set(a) | set(b) if a.get(x, "<absent>") != b.get(x, "<absent>"))
+        if changed:
+            shown = ", ".join(f"{x}: {a.get(x, '<absent>')!r} -> {b.get(x, '<absent>')!r}" for x in changed[:6])
+            more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
+            diffs.append(f"{k} differs: {shown}{more}")
+    return diffs
+
+
 # ---------------------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
@@ -139,13 +250,29 @@ class TrainResult:
     best_state: Any = None
     wall_time: float = 0.0
     skipped_steps: int = 0
+    skipped_batches: list = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+#: Skipped batches recorded individually (steps, basins); beyond, only counted.
+MAX_SKIPPED_RECORDS = 100
 
 
 def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation, loss_fn: Callable,
         arrays: Arrays, cfg: TrainConfig, *, run_dir: str | Path | None = None,
-        validate: Callable[[Any], float] | None = None, basins=None, log: Callable = print) -> TrainResult:
-    """Train ``net`` in place of a fresh start or, with ``cfg.resume``, from ``run_dir``'s last
-    checkpoint. ``validate(net_state) -> score`` (higher is better) picks the best state."""
+        validate: Callable[[Any], float] | None = None, basins=None, log: Callable = print,
+        meta: dict | None = None) -> TrainResult:
+    """Train ``net`` from a fresh start or, with ``cfg.resume``, from ``run_dir``'s last
+    checkpoint. ``validate(net_state) -> score`` (higher is better) picks the best state.
+
+    A checkpoint (``run_dir/checkpoints/last.npz``) holds the network parameters, the
+    optimiser state and the best state so far; its metadata hold the step, epoch, seed and
+    random key (the sampler's position is the step: batch ``k`` is drawn from
+    ``fold_in(key(seed), k)``), history, skipped batches, this config and ``meta`` (e.g. the
+    normalisation statistics and the experiment config). Resuming checks that the config
+    (except :data:`RESUMABLE_CHANGES`), ``meta`` and ``basins`` match the checkpoint's, so a
+    resumed run ends with exactly the parameters of an uninterrupted one.
+    """
     n_basins, n_days = arrays.obs.shape
     if cfg.batch_basins > n_basins:
         raise ValueError(f"train.batch_basins={cfg.batch_basins} is larger than the "
@@ -160,59 +287,111 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation, loss_fn: Ca
     graphdef, net_state = nnx.split(net)
     opt_state = tx.init(net_state)
     seed_key = jax.random.key(cfg.seed)
-    step0, history, best_score, best_state, skipped = 0, [], -math.inf, None, 0
+    key_data = np.asarray(jax.random.key_data(seed_key)).tolist()
+    meta = dict(meta or {})
+    names_of = (lambda idx: [str(basins[i]) for i in np.asarray(idx)]) if basins is not None \
+        else (lambda idx: np.asarray(idx).tolist())
+    step0, history, best_score, best_state, best_step = 0, [], -math.inf, None, None
+    skipped, skipped_batches, epoch_losses, elapsed0, resumed_from = 0, [], [], 0.0, None
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
-    if cfg.resume and ckpt_dir is not None and (ckpt_dir / "last.npz").exists():
-        (net_state, opt_state), meta = load_checkpoint(ckpt_dir / "last.npz", (net_state, opt_state))
-        step0, history, skipped = meta["step"], meta["history"], meta.get("skipped", 0)
-        best_score = -math.inf if meta.get("best_score") is None else meta["best_score"]
-        if (ckpt_dir / "best.npz").exists():
-            best_state, _ = load_checkpoint(ckpt_dir / "best.npz", net_state)
-        log(f"resumed from {ckpt_dir / 'last.npz'} at step {step0}")
+    last = ckpt_dir / "last.npz" if ckpt_dir is not None else None
+    if cfg.resume and last is not None and last.exists():
+        old = read_checkpoint_meta(last)
+        diffs = _resume_differences(old, cfg, meta, ipe=ipe, key_data=key_data, basins=basins)
+        if diffs:
+            raise ResumeError(f"cannot resume from {last}: " + "; ".join(diffs) + ". Resume with the "
+                              "configuration and data of the original run, or start a new run directory.")
+        if old["step"] > total:
+            raise ResumeError(f"cannot resume from {last}: it is at step {old['step']} (epoch "
+                              f"{old['step'] / ipe:g}), beyond train.epochs={cfg.epochs} x {ipe} iterations")
+        like = {"net": net_state, "opt": opt_state}
+        if old.get("has_best"):
+            like["best"] = net_state
+        tree, old = load_checkpoint(last, like)
+        net_state, opt_state, best_state = tree["net"], tree["opt"], tree.get("best")
+        step0, history, skipped = old["step"], old["history"], old.get("skipped", 0)
+        skipped_batches, epoch_losses = old.get("skipped_batches", []), old.get("epoch_losses", [])
+        best_score = -math.inf if old.get("best_score") is None else old["best_score"]
+        best_step, elapsed0, resumed_from = old.get("best_step"), old.get("elapsed_s", 0.0), step0
+        log(f"resumed from {last} at step {step0} of {total} (epoch {step0 / ipe:g} of {cfg.epochs})")
     train_step = make_train_step(dpl, graphdef, tx, loss_fn, cfg)
     t0 = time.perf_counter()
+    last_save = t0
+
+    def checkpoint(step: int, path: Path | None = None) -> None:
+        tree = {"net": net_state, "opt": opt_state}
+        if best_state is not None:
+            tree["best"] = best_state
+        save_checkpoint(path or last, tree, {
+            "format": 1, "step": step, "epoch": step / ipe, "iters_per_epoch": ipe, "seed": cfg.seed,
+            "key_data": key_data,
+            "sampler": {"position": step, "rule": "batch of step k drawn with fold_in(key(seed), k)"},
+            "history": history, "epoch_losses": [float(x) for x in epoch_losses],
+            "skipped": skipped, "skipped_batches": skipped_batches,
+            "best_score": best_score if math.isfinite(best_score) else None, "best_step": best_step,
+            "has_best": best_state is not None, "elapsed_s": elapsed0 + time.perf_counter() - t0,
+            "config": asdict(cfg), "basins": [str(b) for b in basins] if basins is not None else None,
+            **meta})
+
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=step0, desc="train", mininterval=0.5, dynamic_ncols=True)
-    epoch_losses: list = []
     for step in range(step0, total):
         net_state, opt_state, loss, ok, idx = train_step(net_state, opt_state, step, arrays, seed_key)
-        epoch_losses.append(loss)
         if not bool(ok):
-            names = [str(basins[i]) for i in np.asarray(idx)] if basins is not None else np.asarray(idx).tolist()
-            msg = f"step {step}: loss or gradient not finite (loss={float(loss)}); batch basins: {names}"
+            msg = (f"step {step} (epoch {step // ipe + 1}): loss, gradient or update not finite "
+                   f"(loss={float(loss)}); batch basins: {names_of(idx)}")
             if cfg.nan_policy == "halt":
+                # The guarded step left the parameters untouched: save them, so that nothing
+                # since the last checkpoint is lost.
+                if last is not None:
+                    checkpoint(step)
+                    msg += (f". The parameters before this step are saved in {last} (step {step}); "
+                            "to go on past such batches, resume with train.resume=true "
+                            "train.nan_policy=skip")
+                if bar is not None:
+                    bar.close()
                 raise NonFiniteLoss(msg)
             skipped += 1
-            log(msg + " -- step skipped")
+            if len(skipped_batches) < MAX_SKIPPED_RECORDS:
+                skipped_batches.append({"step": step, "basins": names_of(idx), "loss": float(loss)})
+            log(msg + " -- step skipped, parameters unchanged")
+        epoch_losses.append(loss)
         if bar is not None:
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
-        if (step + 1) % ipe == 0 or step + 1 == total:
-            epoch = (step + 1) // ipe if (step + 1) % ipe == 0 else (step + 1) / ipe
-            ls = np.asarray(jnp.stack(epoch_losses))
-            entry = {"epoch": epoch, "step": step + 1, "loss": float(np.nanmean(ls)),
-                     "time": time.perf_counter() - t0}
+        done = step + 1
+        if done % ipe == 0:
+            epoch = done // ipe
+            ls = np.asarray(jnp.stack([jnp.asarray(x, jnp.float32) for x in epoch_losses]))
+            entry = {"epoch": epoch, "step": done,
+                     "loss": float(np.nanmean(ls)) if np.isfinite(ls).any() else None,
+                     "skipped": skipped - sum(h.get("skipped", 0) for h in history),
+                     "time": elapsed0 + time.perf_counter() - t0}
             epoch_losses = []
-            if validate is not None and (int(math.ceil(epoch)) % cfg.valid_every == 0 or step + 1 == total):
+            if validate is not None and (epoch % cfg.valid_every == 0 or done == total):
                 score = float(validate(net_state))
                 entry["valid"] = score
                 if score > best_score:
-                    best_score, best_state = score, net_state
+                    # A copy: the train step donates (and may overwrite) net_state's buffers.
+                    best_score, best_step = score, done
+                    best_state = jax.tree.map(jnp.copy, net_state)
                     if ckpt_dir is not None:
-                        save_checkpoint(ckpt_dir / "best.npz", net_state, {"step": step + 1, "score": score})
+                        save_checkpoint(ckpt_dir / "best.npz", best_state, {"step": done, "score": score})
             history.append(entry)
-            if ckpt_dir is not None and (int(math.ceil(epoch)) % cfg.checkpoint_every == 0 or step + 1 == total):
-                save_checkpoint(ckpt_dir / "last.npz", (net_state, opt_state),
-                                {"step": step + 1, "history": history, "skipped": skipped,
-                                 "best_score": best_score if math.isfinite(best_score) else None,
-                                 "config": asdict(cfg)})
+            if last is not None and (epoch % cfg.checkpoint_every == 0 or done == total):
+                checkpoint(done)
+                last_save = time.perf_counter()
             if bar is None:
                 log(json.dumps(entry))
+        elif last is not None and cfg.checkpoint_minutes is not None and \
+                time.perf_counter() - last_save >= 60.0 * cfg.checkpoint_minutes:
+            checkpoint(done)
+            last_save = time.perf_counter()
     if bar is not None:
         bar.close()
     return TrainResult(net_state, opt_state, total, history, best_state,
-                       time.perf_counter() - t0, skipped)
+                       elapsed0 + time.perf_counter() - t0, skipped, skipped_batches, resumed_from)

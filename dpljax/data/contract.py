@@ -93,42 +93,174 @@ def check_structure(ds: xr.Dataset, variables: Sequence[str], attributes: Sequen
 
 
 def check_period(ds: xr.Dataset, name: str, start, end) -> None:
+    """``start..end`` is ordered and lies inside the data's time axis."""
     t0, t1 = pd.Timestamp(ds["time"].values[0]), pd.Timestamp(ds["time"].values[-1])
     s, e = pd.Timestamp(start), pd.Timestamp(end)
     if s > e:
         raise DataError(f"{name} period starts ({s.date()}) after it ends ({e.date()})")
     if s < t0 or e > t1:
+        why = []
+        if s < t0:
+            why.append(f"it starts {(t0 - s).days} days before the data start")
+        if e > t1:
+            why.append(f"it ends {(e - t1).days} days after the data end")
         raise DataError(f"{name} period {s.date()}..{e.date()} lies outside the data "
-                        f"({t0.date()}..{t1.date()})")
+                        f"({t0.date()}..{t1.date()}): {' and '.join(why)}; "
+                        f"set data.{name} inside the data")
 
 
-def check_values(ds: xr.Dataset, start, end, forcing: Sequence[str] = MODEL_FORCING) -> None:
-    """Finite forcing, non-negative prcp/pet, tmin <= tmax over ``start..end``."""
-    sub = ds[list(forcing)].sel(time=slice(start, end))
+# ------------------------------------------------------------------------- value checks
+#: Plausible range of daily basin-mean air temperature (degC); outside it, the data are
+#: almost surely in other units (Kelvin, Fahrenheit) or corrupt.
+TEMPERATURE_RANGE = (-90.0, 65.0)
+#: Highest plausible daily precipitation (mm/d; the world record is about 1,825 mm).
+PRCP_MAX = 2000.0
+
+
+class Problem:
+    """One kind of bad value in a ``(basin, time)`` (or per-basin) mask.
+
+    ``what`` says what is wrong ("forcing 'prcp' is negative"); ``bad`` is the boolean mask
+    of the offending cells, ``(basin, time)``, or ``(basin,)`` for a per-basin problem;
+    ``hint`` is appended to the message.
+    """
+
+    def __init__(self, what: str, da: xr.DataArray, bad: np.ndarray, hint: str = "", kind: str = ""):
+        self.what, self.da, self.bad, self.hint, self.kind = what, da, bad, hint, kind
+
+    @property
+    def basin_mask(self) -> np.ndarray:
+        return self.bad if self.bad.ndim == 1 else self.bad.any(axis=1)
+
+    @property
+    def basins(self) -> list[str]:
+        return [str(b) for b in self.da["basin"].values[self.basin_mask]]
+
+    def message(self) -> str:
+        if self.bad.ndim == 1:
+            return f"{self.what} for basin(s) {_fmt_basins(self.basins)}{self.hint}"
+        return f"{self.what}: {_bad_cells(self.da, self.bad)}{self.hint}"
+
+    def reason(self, basin) -> str:
+        """The problem as it concerns one basin (for the exclusion log)."""
+        if self.bad.ndim == 1:
+            return self.what
+        i = int(np.nonzero(self.da["basin"].values.astype(str) == str(basin))[0][0])
+        return f"{self.what} on {_fmt_dates(self.da['time'].values[self.bad[i]])}"
+
+
+def _numeric(ds: xr.Dataset, variables: Sequence[str]) -> None:
+    for v in variables:
+        if ds[v].dtype.kind not in "fiu":
+            raise DataError(f"variable {v!r} has dtype {ds[v].dtype}; expected numbers")
+
+
+def find_problems(ds: xr.Dataset, start, end, forcing: Sequence[str] = MODEL_FORCING,
+                  target: str | None = None, train: tuple | None = None) -> list[Problem]:
+    """Every bad value of ``forcing`` (and ``target``) over ``start..end``.
+
+    Forcing must be finite; ``prcp`` and ``pet`` non-negative; ``prcp`` at most
+    :data:`PRCP_MAX`; temperatures inside :data:`TEMPERATURE_RANGE`; ``tmin <= tmax``.
+    Observations may be NaN (missing, masked later) but never inf or negative, and every
+    basin needs at least one observation in ``train`` (when given).
+    """
+    _numeric(ds, list(forcing) + ([target] if target else []))
+    sub = ds.sel(time=slice(start, end))
+    out: list[Problem] = []
     for v in forcing:
         a = sub[v].values
-        bad = ~np.isfinite(a)
-        if bad.any():
-            raise DataError(f"forcing {v!r} has NaN or inf: {_bad_cells(sub[v], bad)}")
+        finite = np.isfinite(a)
+        if (~finite).any():
+            out.append(Problem(f"forcing {v!r} has NaN or inf", sub[v], ~finite))
         if v in ("prcp", "pet"):
-            neg = a < 0
+            neg = finite & (a < 0)
             if neg.any():
-                raise DataError(f"forcing {v!r} is negative: {_bad_cells(sub[v], neg)}")
+                out.append(Problem(f"forcing {v!r} is negative", sub[v], neg, _sentinel_hint(a[neg])))
+        if v == "prcp":
+            big = finite & (a > PRCP_MAX)
+            if big.any():
+                out.append(Problem(f"forcing 'prcp' exceeds {PRCP_MAX:g} mm/d", sub[v], big,
+                                   " (prcp must be in mm/d)"))
+        if v in ("tmax", "tmin", "tmean"):
+            lo, hi = TEMPERATURE_RANGE
+            odd = finite & ((a < lo) | (a > hi))
+            if odd.any():
+                out.append(Problem(f"forcing {v!r} lies outside {lo:g}..{hi:g} degC", sub[v], odd,
+                                   f" (values {np.nanmin(a[odd]):g}..{np.nanmax(a[odd]):g}: "
+                                   "temperatures must be in degC, not Kelvin or Fahrenheit)"))
     if "tmax" in forcing and "tmin" in forcing:
         inv = sub["tmin"].values > sub["tmax"].values
         if inv.any():
-            raise DataError(f"tmin > tmax: {_bad_cells(sub['tmin'], inv)}")
+            out.append(Problem("tmin > tmax", sub["tmin"], inv, kind="tmin_above_tmax"))
+    if target is not None:
+        obs = sub[target]
+        a = obs.values
+        inf = np.isinf(a)
+        if inf.any():
+            out.append(Problem(f"{target!r} has inf (store missing observations as NaN)", obs, inf))
+        neg = np.isfinite(a) & (a < 0)
+        if neg.any():
+            out.append(Problem(f"{target!r} is negative", obs, neg, _sentinel_hint(a[neg])))
+        if train is not None:
+            tr = ds[target].sel(time=slice(*train))
+            empty = ~np.isfinite(tr.values).any(axis=1)
+            if empty.any():
+                out.append(Problem(f"{target!r}: no observations between "
+                                   f"{pd.Timestamp(train[0]).date()} and {pd.Timestamp(train[1]).date()}",
+                                   tr, empty))
+    return out
+
+
+def _sentinel_hint(values: np.ndarray) -> str:
+    codes = {-9999.0, -999.0, -99.0, -9.0}
+    found = sorted({float(x) for x in np.unique(values)} & codes)
+    if found:
+        return (f" (values such as {found[0]:g} look like a missing-value code: "
+                "store missing data as NaN)")
+    return ""
+
+
+def check_values(ds: xr.Dataset, start, end, forcing: Sequence[str] = MODEL_FORCING) -> None:
+    """Finite, plausible forcing over ``start..end``; raises on the first problem."""
+    problems = find_problems(ds, start, end, forcing)
+    if problems:
+        raise DataError(problems[0].message())
 
 
 def check_observations(ds: xr.Dataset, start, end, target: str = TARGET) -> None:
-    """Every basin has at least one observation in the training period; none is negative."""
-    obs = ds[target].sel(time=slice(start, end))
-    a = obs.values
-    empty = ~np.isfinite(a).any(axis=1)
-    if empty.any():
-        raise DataError(f"{target!r}: no observations between {pd.Timestamp(start).date()} and "
-                        f"{pd.Timestamp(end).date()} for basin(s) "
-                        f"{_fmt_basins(obs['basin'].values[empty])}")
-    neg = np.isfinite(a) & (a < 0)
-    if neg.any():
-        raise DataError(f"{target!r} is negative: {_bad_cells(obs, neg)}")
+    """Every basin has at least one observation in ``start..end``; none is negative or inf."""
+    problems = find_problems(ds, start, end, (), target=target, train=(start, end))
+    if problems:
+        raise DataError(problems[0].message())
+
+
+def screen_basins(ds: xr.Dataset, span: tuple, train: tuple, forcing: Sequence[str],
+                  target: str, on_bad_basin: str = "error", warn: Sequence[str] = (),
+                  warnings: dict | None = None) -> tuple[xr.Dataset, dict[str, str]]:
+    """Validate values; on a problem raise (``"error"``) or drop the basins (``"exclude"``).
+
+    Problems whose kind is in ``warn`` (e.g. ``"tmin_above_tmax"``) neither raise nor exclude:
+    they are described in ``warnings`` (kind -> {message, basins, cells}) instead.
+    Returns the (possibly reduced) dataset and ``{basin: reason}`` of the excluded basins.
+    """
+    problems = find_problems(ds, *span, forcing=forcing, target=target, train=train)
+    for p in [p for p in problems if p.kind and p.kind in warn]:
+        problems.remove(p)
+        if warnings is not None:
+            warnings[p.kind] = {"message": p.message(), "basins": p.basins, "cells": int(p.bad.sum())}
+    if not problems:
+        return ds, {}
+    if on_bad_basin != "exclude":
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise DataError(problems[0].message() + more + "; set data.on_bad_basin=exclude to "
+                        "drop the affected basins instead")
+    reasons: dict[str, list[str]] = {}
+    for p in problems:
+        for b in p.basins:
+            reasons.setdefault(b, []).append(p.reason(b))
+    basins = ds["basin"].values.astype(str)
+    keep = np.array([b not in reasons for b in basins])
+    if not keep.any():
+        raise DataError(f"every basin has bad data, none is left to use: "
+                        + "; ".join(f"{b}: {r[0]}" for b, r in list(reasons.items())[:5]))
+    return ds.isel(basin=np.nonzero(keep)[0]), {b: "; ".join(r) for b, r in reasons.items()}

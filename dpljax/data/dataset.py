@@ -36,6 +36,16 @@ class DataConfig:
       test_warmup_days: days run before the test period and left out of its metrics;
         ``None`` uses the length of the training period (the reference practice), capped by
         the data available before the test period.
+      on_bad_basin: ``"error"`` (default): bad forcing in the days the experiment uses, a
+        basin without training observations, or a negative/inf observation raises a
+        :class:`~dpljax.data.contract.DataError` naming variable, basins and dates;
+        ``"exclude"``: such basins are dropped, each logged with its reason, and counted in
+        the run's ``summary.json``.
+      tmin_above_tmax: ``"error"`` (default) or ``"warn"``: days with tmin > tmax are then
+        reported (logged, counted in ``data_report.json``) but accepted. Only
+        ``tmean = (tmax + tmin) / 2`` enters the model; the Daymet basin means of CAMELS-US
+        hold such days (3,352 basin-days in 98 basins, up to 14.7 degC), which the reference
+        studies used as they are.
     """
 
     source: str = "sample"
@@ -47,15 +57,61 @@ class DataConfig:
     valid: Period | None = None
     test: Period = ("1999-10-01", "2008-09-30")
     test_warmup_days: int | None = None
+    on_bad_basin: str = "error"
+    tmin_above_tmax: str = "error"
 
     def __post_init__(self):
-        self.attributes = tuple(self.attributes)
-        self.net_forcing = tuple(self.net_forcing)
-        self.train = tuple(self.train)
-        self.test = tuple(self.test)
-        self.valid = tuple(self.valid) if self.valid is not None else None
+        if not isinstance(self.source, (str, Path)):
+            raise ValueError(f"data.source must be 'sample' or a path, got {self.source!r}")
+        self.source = str(self.source)
+        self.attributes = _names("data.attributes", self.attributes)
+        self.net_forcing = _names("data.net_forcing", self.net_forcing)
+        if not isinstance(self.target, str):
+            raise ValueError(f"data.target must be a variable name, got {self.target!r}")
+        self.train = _period("data.train", self.train)
+        self.test = _period("data.test", self.test)
+        self.valid = _period("data.valid", self.valid) if self.valid is not None else None
         if self.basins is not None and not isinstance(self.basins, str):
+            if not isinstance(self.basins, (list, tuple)):
+                raise ValueError(f"data.basins must be null, a list of basin ids or the name of a "
+                                 f"per-basin boolean variable, got {self.basins!r}")
             self.basins = [str(b) for b in self.basins]
+        if self.test_warmup_days is not None:
+            if isinstance(self.test_warmup_days, bool) or not isinstance(self.test_warmup_days, int) \
+                    or self.test_warmup_days < 0:
+                raise ValueError(f"data.test_warmup_days must be null or an integer >= 0, "
+                                 f"got {self.test_warmup_days!r}")
+        if self.on_bad_basin not in ("error", "exclude"):
+            raise ValueError(f"data.on_bad_basin must be 'error' or 'exclude', got {self.on_bad_basin!r}")
+        if self.tmin_above_tmax not in ("error", "warn"):
+            raise ValueError(f"data.tmin_above_tmax must be 'error' or 'warn', got {self.tmin_above_tmax!r}")
+
+
+def _names(key: str, value) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) \
+            or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key} must be a list of variable names, got {value!r}")
+    return tuple(value)
+
+
+def _period(key: str, value) -> Period:
+    """A ``(start, end)`` pair of parseable dates, as ISO strings; errors name ``key``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{key} must be a pair of dates [start, end], got {value!r}")
+    out = []
+    for which, v in zip(("start", "end"), value):
+        try:
+            if isinstance(v, (bool, int, float)) or v is None:
+                raise TypeError
+            t = pd.Timestamp(v)
+            if t is pd.NaT or pd.isna(t):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: {which} {v!r} is not a date (use YYYY-MM-DD)") from None
+        out.append(str(t.date()))
+    if pd.Timestamp(out[0]) > pd.Timestamp(out[1]):
+        raise ValueError(f"{key}: start {out[0]} is after end {out[1]}")
+    return out[0], out[1]
 
 
 class Arrays(NamedTuple):
@@ -100,12 +156,38 @@ def select_basins(ds: xr.Dataset, basins) -> xr.Dataset:
     return ds.sel(basin=list(basins))
 
 
-def load(cfg: DataConfig, ds: xr.Dataset | None = None) -> xr.Dataset:
+@dataclass
+class LoadReport:
+    """What :func:`load_with_report` did to the data: basins it excluded, and why."""
+
+    excluded: dict[str, str] = field(default_factory=dict)  # basin -> reason
+    n_selected: int = 0  # basins selected before any exclusion
+    warnings: dict = field(default_factory=dict)  # kind -> {message, basins, cells}: accepted
+
+    def to_dict(self) -> dict:
+        return {"n_selected": self.n_selected, "n_excluded": len(self.excluded),
+                "excluded_basins": dict(self.excluded), "warnings": dict(self.warnings)}
+
+
+def load(cfg: DataConfig, ds: xr.Dataset | None = None, log=None) -> xr.Dataset:
     """Open, select and validate (no compute before this passes)."""
+    return load_with_report(cfg, ds, log=log)[0]
+
+
+def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None,
+                     log=None) -> tuple[xr.Dataset, LoadReport]:
+    """:func:`load`, also returning a :class:`LoadReport`.
+
+    Structure (dims, variables, time axis) and periods are always errors; bad values of a
+    basin are errors unless ``cfg.on_bad_basin == "exclude"``, when the basin is dropped and
+    logged (``log``, default ``print``) with its reason.
+    """
     ds = open_source(cfg.source) if ds is None else ds
     dyn_needed = sorted(set(contract.MODEL_FORCING) | {v for v in cfg.net_forcing if v != "tmean"})
     contract.check_structure(ds, dyn_needed + [cfg.target], cfg.attributes)
     ds = select_basins(ds, cfg.basins)
+    if ds.sizes["basin"] == 0:
+        raise contract.DataError(f"data.basins={cfg.basins!r} selects no basin")
     periods = {"train": cfg.train, "test": cfg.test}
     if cfg.valid is not None:
         periods["valid"] = cfg.valid
@@ -113,10 +195,21 @@ def load(cfg: DataConfig, ds: xr.Dataset | None = None) -> xr.Dataset:
         contract.check_period(ds, name, s, e)
     keep = list(dict.fromkeys(dyn_needed + [cfg.target] + list(cfg.attributes)))
     ds = ds[keep].load()
+    report = LoadReport(n_selected=int(ds.sizes["basin"]))
     span = span_of(cfg, ds)
-    contract.check_values(ds, *span, forcing=dyn_needed)
-    contract.check_observations(ds, *cfg.train, target=cfg.target)
-    return ds
+    warn = ("tmin_above_tmax",) if cfg.tmin_above_tmax == "warn" else ()
+    ds, report.excluded = contract.screen_basins(ds, span, cfg.train, dyn_needed, cfg.target,
+                                                 cfg.on_bad_basin, warn=warn, warnings=report.warnings)
+    log = print if log is None else log
+    for kind, w in report.warnings.items():
+        log(f"data: warning ({kind}: warn): {w['cells']} basin-days in {len(w['basins'])} basins "
+            f"accepted: {w['message']}")
+    if report.excluded:
+        for b, why in report.excluded.items():
+            log(f"data: excluded basin {b}: {why}")
+        log(f"data: {len(report.excluded)} of {report.n_selected} basins excluded "
+            f"(data.on_bad_basin=exclude); {ds.sizes['basin']} left")
+    return ds, report
 
 
 def span_of(cfg: DataConfig, ds: xr.Dataset) -> Period:
