@@ -2,6 +2,7 @@
 
     dpljax [experiment=NAME] [key=value ...] [-m]   train + test an experiment (Hydra)
     dpljax evaluate RUN_DIR                         re-run a saved model on its test period
+                                                    (a PUB run: every fold, pooled again)
     dpljax data camels-us SOURCE_DIR OUT.zarr       convert the official CAMELS-US layout
 """
 from __future__ import annotations
@@ -20,14 +21,19 @@ def _train(cfg) -> float:
     from .experiment import SECTIONS, run_experiment
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    unknown = sorted(set(config) - set(SECTIONS) - {"name"})
+    unknown = sorted(set(config) - set(SECTIONS) - {"name", "pub"})
     if unknown:
         from .experiment import ConfigError
 
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
     run_dir = HydraConfig.get().runtime.output_dir
     print(f"run directory: {run_dir}")
+    pub = config.get("pub")
     config = {k: config[k] for k in SECTIONS}
+    if pub:  # k-fold prediction in ungauged basins; each fold resumes on its own
+        from .pub import run_pub
+
+        return run_pub(config, run_dir, n_folds=int(pub["n_folds"]), seed=int(pub["seed"]))["median_nse"]
     if config["train"].get("resume"):  # the run's saved config governs; see README "Resume"
         from .experiment import resume_config
 
@@ -48,6 +54,10 @@ def _evaluate(argv):
                                 "test period and recompute its metrics (written to RUN_DIR/evaluation).")
     p.add_argument("run_dir")
     args = p.parse_args(argv)
+    if (Path(args.run_dir) / "pub.json").exists():
+        from .pub import evaluate_pub
+
+        return evaluate_pub(args.run_dir)
     from .experiment import evaluate_run
 
     evaluate_run(args.run_dir)

@@ -99,17 +99,28 @@ def figures(out_dir: str | Path, q: np.ndarray, obs: np.ndarray, basins, times, 
     fig.savefig(p, dpi=110)
     plt.close(fig)
     paths.append(p)
+    paths.append(nse_cdf(out_dir / "nse_cdf.png", table))
+    return paths
+
+
+def nse_cdf(path: str | Path, table: pd.DataFrame, title: str = "test") -> Path:
+    """The cumulative distribution of per-basin NSE, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 4))
     v = np.sort(table["nse"].dropna().values)
     ax.step(v, np.arange(1, len(v) + 1) / max(len(v), 1), where="post")
     ax.set_xlim(max(-1.0, float(v.min()) - 0.05) if len(v) else -1, 1)
     ax.set_xlabel("NSE")
     ax.set_ylabel("fraction of basins")
-    ax.set_title(f"CDF of test NSE (median {np.median(v):.3f})" if len(v) else "no basins")
+    ax.set_title(f"CDF of NSE, {title} (median {np.median(v):.3f})" if len(v) else "no basins", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    p = out_dir / "nse_cdf.png"
-    fig.savefig(p, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    paths.append(p)
-    return paths
+    return path

@@ -19,7 +19,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +368,16 @@ def evaluate_period(exp: Experiment, ds, norm: Normalizer, graphdef, state, peri
     return table
 
 
+def load_test_data(exp: Experiment, ds, log=print):
+    """The basins scored on the test period: the training basins, or ``data.test_basins``
+    (PUB: basins never trained on, which need no training-period observations)."""
+    if exp.data.test_basins is None:
+        return ds
+    cfg = replace(exp.data, basins=exp.data.test_basins, test_basins=None)
+    test_ds, _ = load_with_report(cfg, log=log, require_train_obs=False)
+    return test_ds
+
+
 def summarise(table, **extra) -> dict:
     nse, kge = table["nse"].values, table["kge"].values
     return {"median_nse": float(np.nanmedian(nse)), "mean_nse": float(np.nanmean(nse)),
@@ -429,8 +439,8 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     def data_report(test_missing=None):
         per_basin = {str(b): {"train_obs_masked": int(train_missing[i])} for i, b in enumerate(basins)}
         if test_missing is not None:
-            for b in per_basin:
-                per_basin[b]["test_obs_masked"] = int(test_missing.loc[b])
+            for b, n in test_missing.items():  # test basins may differ (PUB)
+                per_basin.setdefault(str(b), {})["test_obs_masked"] = int(n)
         masked = {"train": n_masked, **({"test": int(test_missing.sum())} if test_missing is not None else {})}
         (run_dir / "data_report.json").write_text(json.dumps(
             {**report.to_dict(), "observations_masked": masked, "per_basin": per_basin}, indent=1))
@@ -450,7 +460,7 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     state = result.best_state if result.best_state is not None else result.net_state
     save_checkpoint(run_dir / "weights.npz", state, {"step": result.step,
                                                      "which": "best" if result.best_state is not None else "last"})
-    table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, run_dir)
+    table = evaluate_period(exp, load_test_data(exp, ds, log), norm, graphdef, state, exp.data.test, run_dir)
     test_missing = table["n_missing"].astype(int)
     log(f"test: {int(test_missing.sum())} missing observations masked")
     if result.skipped_steps:
@@ -475,7 +485,7 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     exp = build(config)
-    ds = load(exp.data)
+    ds = load(exp.data) if exp.data.test_basins is None else load_test_data(exp, None, log)
     norm = Normalizer.from_json(run_dir / "normalizer.json")
     n_dyn, n_static = len(norm.dynamic), len(norm.static)
     net = exp.make_net(n_dyn, n_static)

@@ -31,6 +31,9 @@ class DataConfig:
         following the dataset contract.
       basins: ``None`` (all), a list of ids, or the name of a boolean per-basin variable
         (``"in_531"``).
+      test_basins: basins scored on the test period when they differ from the training
+        basins (prediction in ungauged basins, PUB); same forms as ``basins``; ``None``: the
+        training basins. Test basins need no observations in the training period.
       attributes: static attributes fed to the network.
       train, valid, test: ``(start, end)`` dates, inclusive; ``valid`` may be ``None``.
       test_warmup_days: days run before the test period and left out of its metrics;
@@ -50,6 +53,7 @@ class DataConfig:
 
     source: str = "sample"
     basins: Sequence[str] | str | None = None
+    test_basins: Sequence[str] | str | None = None
     attributes: Sequence[str] = contract.ATTRIBUTES_35
     net_forcing: Sequence[str] = contract.NET_FORCING
     target: str = contract.TARGET
@@ -71,11 +75,8 @@ class DataConfig:
         self.train = _period("data.train", self.train)
         self.test = _period("data.test", self.test)
         self.valid = _period("data.valid", self.valid) if self.valid is not None else None
-        if self.basins is not None and not isinstance(self.basins, str):
-            if not isinstance(self.basins, (list, tuple)):
-                raise ValueError(f"data.basins must be null, a list of basin ids or the name of a "
-                                 f"per-basin boolean variable, got {self.basins!r}")
-            self.basins = [str(b) for b in self.basins]
+        self.basins = _basins("data.basins", self.basins)
+        self.test_basins = _basins("data.test_basins", self.test_basins)
         if self.test_warmup_days is not None:
             if isinstance(self.test_warmup_days, bool) or not isinstance(self.test_warmup_days, int) \
                     or self.test_warmup_days < 0:
@@ -85,6 +86,15 @@ class DataConfig:
             raise ValueError(f"data.on_bad_basin must be 'error' or 'exclude', got {self.on_bad_basin!r}")
         if self.tmin_above_tmax not in ("error", "warn"):
             raise ValueError(f"data.tmin_above_tmax must be 'error' or 'warn', got {self.tmin_above_tmax!r}")
+
+
+def _basins(key: str, value):
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{key} must be null, a list of basin ids or the name of a "
+                         f"per-basin boolean variable, got {value!r}")
+    return [str(b) for b in value]
 
 
 def _names(key: str, value) -> tuple[str, ...]:
@@ -174,9 +184,12 @@ def load(cfg: DataConfig, ds: xr.Dataset | None = None, log=None) -> xr.Dataset:
     return load_with_report(cfg, ds, log=log)[0]
 
 
-def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None,
-                     log=None) -> tuple[xr.Dataset, LoadReport]:
+def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
+                     require_train_obs: bool = True) -> tuple[xr.Dataset, LoadReport]:
     """:func:`load`, also returning a :class:`LoadReport`.
+
+    ``require_train_obs=False`` (basins that are only scored, never trained on) drops the
+    requirement of observations in the training period.
 
     Structure (dims, variables, time axis) and periods are always errors; bad values of a
     basin are errors unless ``cfg.on_bad_basin == "exclude"``, when the basin is dropped and
@@ -198,7 +211,8 @@ def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None,
     report = LoadReport(n_selected=int(ds.sizes["basin"]))
     span = span_of(cfg, ds)
     warn = ("tmin_above_tmax",) if cfg.tmin_above_tmax == "warn" else ()
-    ds, report.excluded = contract.screen_basins(ds, span, cfg.train, dyn_needed, cfg.target,
+    train_obs = cfg.train if require_train_obs else None
+    ds, report.excluded = contract.screen_basins(ds, span, train_obs, dyn_needed, cfg.target,
                                                  cfg.on_bad_basin, warn=warn, warnings=report.warnings)
     log = print if log is None else log
     for kind, w in report.warnings.items():

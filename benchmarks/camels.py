@@ -1,0 +1,118 @@
+"""Record CAMELS-US experiment runs: results JSON, committed weights, NSE-CDF figure.
+
+    python -m benchmarks.camels record RUN_DIR NAME   # -> results/NAME.json + weights/NAME/
+    python -m benchmarks.camels figure                # -> results/camels_nse_cdf.png
+    python -m benchmarks.camels check NAME            # dpljax evaluate on the committed weights
+
+``weights/NAME/`` holds what ``dpljax evaluate`` needs (config.yaml, normalizer.json,
+weights.npz; for PUB runs every fold's), so each recorded number can be reproduced without
+retraining.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+WEIGHTS = HERE / "weights"
+KEEP = ("config.yaml", "normalizer.json", "weights.npz", "summary.json", "run_info.json", "pub.json")
+
+
+def _copy_run(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in KEEP:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    for fold in sorted(src.glob("fold_*")):
+        _copy_run(fold, dst / fold.name)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def record(run_dir: str | Path, name: str) -> dict:
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    info = json.loads((run_dir / "run_info.json").read_text())
+    table = pd.read_csv(run_dir / "metrics_test.csv", index_col=0, dtype={"basin": str})
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    out = {
+        "experiment": name,
+        "what": f"dpljax experiment={name}: train {config['data']['train']}, test {config['data']['test']}",
+        "config": config,
+        "median_nse": summary["median_nse"], "mean_nse": summary["mean_nse"],
+        "median_kge": summary["median_kge"], "mean_kge": summary["mean_kge"],
+        "n_basins": summary["n_basins"],
+        "train_wall_time_s": summary.get("train_wall_time_s"),
+        "steps": summary.get("steps"),
+        "per_basin_nse": {b: (None if np.isnan(v) else round(float(v), 6)) for b, v in table["nse"].items()},
+        "machine": f"{_cpu()}, {info.get('machine', '')}",
+        "devices": info.get("devices"),
+        "git_commit": info.get("git_commit"),
+        "run_started": info.get("started"),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    _copy_run(run_dir, WEIGHTS / name)
+    return out
+
+
+def check(name: str) -> float:
+    """Re-evaluate the committed weights; returns |median NSE - recorded|."""
+    rec = json.loads((RESULTS / f"{name}.json").read_text())
+    out = subprocess.run([str(Path(sys.executable).parent / "dpljax"), "evaluate", str(WEIGHTS / name)],
+                         capture_output=True, text=True, check=True)
+    got = float([l for l in out.stdout.splitlines() if l.startswith("median test NSE:")][-1].split(":")[1])
+    return abs(got - rec["median_nse"])
+
+
+def figure(path: str | Path = RESULTS / "camels_nse_cdf.png") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for f in sorted(RESULTS.glob("camels*.json")):
+        rec = json.loads(f.read_text())
+        v = np.sort([x for x in rec["per_basin_nse"].values() if x is not None])
+        ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post",
+                label=f"{rec['experiment']} (median {rec['median_nse']:.3f}, n={len(v)})")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test NSE")
+    ax.set_ylabel("fraction of basins")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+if __name__ == "__main__":
+    cmd, *args = sys.argv[1:]
+    if cmd == "record":
+        print(json.dumps({k: v for k, v in record(*args).items() if k not in ("per_basin_nse", "config")}, indent=1))
+    elif cmd == "figure":
+        print(figure())
+    elif cmd == "check":
+        print(f"|median NSE - recorded| = {check(*args):.2e}")
+    else:
+        raise SystemExit(__doc__)

@@ -1,0 +1,96 @@
+"""Prediction in ungauged basins (PUB): k-fold cross-validation over basins.
+
+The selected basins are shuffled once with ``seed`` and split into ``n_folds`` folds. Fold
+``k`` trains on the other folds' basins (training period) and is scored on its own basins
+(test period): basins and years the network never saw. The held-out scores of all folds are
+pooled. Each fold is an ordinary run directory ``fold_<k>/``; a fold with a
+``summary.json`` is done and skipped, and one with a checkpoint is resumed, so a
+cross-validation survives interruptions and can span several sessions.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import evaluate as E
+from .data.dataset import open_source, select_basins
+from .experiment import evaluate_run, run_experiment, run_info, summarise
+
+
+def folds(basins, n_folds: int = 10, seed: int = 0) -> list[list[str]]:
+    """Split ``basins`` into ``n_folds`` random folds of (nearly) equal size."""
+    basins = [str(b) for b in basins]
+    if not 2 <= n_folds <= len(basins):
+        raise ValueError(f"pub.n_folds must be between 2 and the number of basins ({len(basins)}), "
+                         f"got {n_folds}")
+    perm = np.random.default_rng(seed).permutation(len(basins))
+    return [sorted(basins[i] for i in part) for part in np.array_split(perm, n_folds)]
+
+
+def fold_configs(config: dict, n_folds: int = 10, seed: int = 0) -> list[dict]:
+    """One experiment config per fold: train on the other folds, test on this one."""
+    data = config["data"]
+    ds = select_basins(open_source(data.get("source", "sample")), data.get("basins"))
+    parts = folds(ds["basin"].values.tolist(), n_folds, seed)
+    out = []
+    for k, held in enumerate(parts):
+        c = copy.deepcopy(config)
+        c["data"]["basins"] = sorted(b for j, p in enumerate(parts) if j != k for b in p)
+        c["data"]["test_basins"] = held
+        out.append(c)
+    return out
+
+
+def _pool(run_dir: Path, tables: list[pd.DataFrame], extra: dict, log) -> dict:
+    table = pd.concat(tables).sort_index()
+    table.to_csv(run_dir / "metrics_test.csv", float_format="%.6f")
+    summary = summarise(table, **extra)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    E.nse_cdf(run_dir / "figures" / "nse_cdf.png", table, "PUB, pooled held-out basins")
+    log(f"median test NSE: {summary['median_nse']:.4f}")
+    return summary
+
+
+def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0, log=print) -> dict:
+    """Run (or continue) a ``n_folds``-fold PUB cross-validation in ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"n_folds": n_folds, "seed": seed}
+    spec_path = run_dir / "pub.json"
+    if spec_path.exists() and json.loads(spec_path.read_text())["spec"] != spec:
+        raise ValueError(f"{run_dir} holds a PUB run with {spec_path.read_text()}; asked for {spec}")
+    configs = fold_configs(config, n_folds, seed)
+    spec_path.write_text(json.dumps({"spec": spec, "folds": [c["data"]["test_basins"] for c in configs]}, indent=1))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "pub": spec}, sort_keys=False))
+    (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
+    tables, wall = [], 0.0
+    for k, c in enumerate(configs):
+        fold_dir = run_dir / f"fold_{k}"
+        if not (fold_dir / "summary.json").exists():
+            c["train"] = dict(c["train"], resume=(fold_dir / "checkpoints" / "last.npz").exists())
+            log(f"PUB fold {k + 1}/{n_folds}: train on {len(c['data']['basins'])} basins, "
+                f"test on {len(c['data']['test_basins'])}")
+            run_experiment(c, fold_dir, log=log)
+        tables.append(pd.read_csv(fold_dir / "metrics_test.csv", index_col=0, dtype={"basin": str}))
+        wall += json.loads((fold_dir / "summary.json").read_text()).get("train_wall_time_s", 0.0)
+    return _pool(run_dir, tables, {"n_folds": n_folds, "train_wall_time_s": wall,
+                                   "git_commit": run_info()["git_commit"]}, log)
+
+
+def evaluate_pub(run_dir: str | Path, log=print) -> dict:
+    """Re-run every fold's saved model on its held-out basins and pool the metrics again."""
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / "pub.json").read_text())["spec"]
+    out = run_dir / "evaluation"
+    out.mkdir(exist_ok=True)
+    tables = []
+    for k in range(spec["n_folds"]):
+        evaluate_run(run_dir / f"fold_{k}", log=lambda *a: None)
+        tables.append(pd.read_csv(run_dir / f"fold_{k}" / "evaluation" / "metrics_test.csv",
+                                  index_col=0, dtype={"basin": str}))
+    return _pool(out, tables, {"n_folds": spec["n_folds"]}, log)

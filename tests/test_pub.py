@@ -1,0 +1,46 @@
+"""Prediction in ungauged basins: folds, held-out scoring, pooling, resume and re-evaluation."""
+import json
+
+import pandas as pd
+import pytest
+
+from dpljax.pub import evaluate_pub, folds, run_pub
+
+
+def test_folds_partition_the_basins():
+    basins = [f"{i:08d}" for i in range(531)]
+    parts = folds(basins, 10, seed=0)
+    assert len(parts) == 10 and sorted(b for p in parts for b in p) == basins
+    assert {len(p) for p in parts} <= {53, 54}
+    assert parts == folds(basins, 10, seed=0) and parts != folds(basins, 10, seed=1)
+    with pytest.raises(ValueError, match="n_folds"):
+        folds(basins[:3], 4)
+
+
+def test_pub_on_sample(tmp_path):
+    config = {
+        "model": {"name": "hbv", "nmul": 2, "dynamic": [], "routing": True, "options": {}},
+        "net": {"name": "mlp", "hidden": [16], "dropout": 0.0},
+        "loss": {"name": "rmse_combined", "alpha": 0.25},
+        "optim": {"name": "adam", "learning_rate": 3e-3},
+        "data": {"source": "sample", "train": ["1989-10-01", "1999-09-30"], "test": ["1999-10-01", "2008-09-30"]},
+        "train": {"epochs": 1, "iters_per_epoch": 5, "batch_basins": 4, "progress": False},
+    }
+    quiet = lambda *a: None
+    summary = run_pub(config, tmp_path, n_folds=2, seed=3, log=quiet)
+    spec = json.loads((tmp_path / "pub.json").read_text())
+    held = spec["folds"]
+    assert sorted(held[0] + held[1]) == sorted(pd.read_csv(tmp_path / "metrics_test.csv", dtype={"basin": str})["basin"])
+    for k in range(2):
+        t = pd.read_csv(tmp_path / f"fold_{k}" / "metrics_test.csv", dtype={"basin": str})
+        assert sorted(t["basin"]) == sorted(held[k])  # scored only on basins it never trained on
+    assert summary["n_basins"] == 8 and summary["n_folds"] == 2
+    # finished folds are not trained again
+    mtime = (tmp_path / "fold_0" / "weights.npz").stat().st_mtime
+    again = run_pub(config, tmp_path, n_folds=2, seed=3, log=quiet)
+    assert (tmp_path / "fold_0" / "weights.npz").stat().st_mtime == mtime
+    assert again["median_nse"] == summary["median_nse"]
+    ev = evaluate_pub(tmp_path, log=quiet)
+    assert ev["median_nse"] == pytest.approx(summary["median_nse"], abs=1e-6)
+    with pytest.raises(ValueError, match="holds a PUB run"):
+        run_pub(config, tmp_path, n_folds=4, seed=3, log=quiet)
