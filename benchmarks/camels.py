@@ -3,6 +3,7 @@
     python -m benchmarks.camels record RUN_DIR NAME   # -> results/NAME.json + weights/NAME/
     python -m benchmarks.camels figure                # -> results/camels_nse_cdf.png
     python -m benchmarks.camels check NAME            # dpljax evaluate on the committed weights
+    python -m benchmarks.camels table                 # the table in benchmarks/README.md
 
 ``weights/NAME/`` holds what ``dpljax evaluate`` needs (config.yaml, normalizer.json,
 weights.npz; for PUB runs every fold's), so each recorded number can be reproduced without
@@ -106,6 +107,39 @@ def figure(path: str | Path = RESULTS / "camels_nse_cdf.png") -> Path:
     return Path(path)
 
 
+ANCHORS = {  # published medians on the same splits (test NSE)
+    "camels671_temporal": "dPL-HBV dynamic 0.732; LSTM 0.748 (Feng et al. 2022)",
+    "camels531": "dPL-HBV 0.73 (NSE), 0.73 (KGE)",
+}
+BEGIN, END = "<!-- camels:begin -->", "<!-- camels:end -->"
+
+
+def table() -> str:
+    """Markdown table of every recorded CAMELS run, rendered from results/camels*.json."""
+    rows = ["| experiment | basins | median NSE | mean NSE | median KGE | steps | train wall time | "
+            "reproduced by `dpljax evaluate` | published anchor |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for f in sorted(RESULTS.glob("camels*.json")):
+        r = json.loads(f.read_text())
+        anchor = next((v for k, v in ANCHORS.items() if r["experiment"].startswith(k)), "")
+        rep = r.get("reproduced_abs_diff")
+        rows.append(f"| {r['experiment']} | {r['n_basins']} | {r['median_nse']:.3f} | {r['mean_nse']:.3f} | "
+                    f"{r['median_kge']:.3f} | {r.get('steps') or ''} | "
+                    f"{(r.get('train_wall_time_s') or 0) / 60:.1f} min | "
+                    f"{'' if rep is None else f'|diff| = {rep:.1e}'} | {anchor} |")
+    return "\n".join(rows)
+
+
+def write_table(readme: Path = HERE / "README.md") -> None:
+    text = readme.read_text() if readme.exists() else ""
+    block = f"{BEGIN}\n{table()}\n{END}"
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## CAMELS-US experiments\n\n" + block + "\n"
+    readme.write_text(text)
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     if cmd == "record":
@@ -113,6 +147,14 @@ if __name__ == "__main__":
     elif cmd == "figure":
         print(figure())
     elif cmd == "check":
-        print(f"|median NSE - recorded| = {check(*args):.2e}")
+        diff = check(*args)
+        rec_path = RESULTS / f"{args[0]}.json"
+        rec = json.loads(rec_path.read_text())
+        rec["reproduced_abs_diff"] = diff
+        rec_path.write_text(json.dumps(rec, indent=1))
+        print(f"|median NSE - recorded| = {diff:.2e}")
+    elif cmd == "table":
+        write_table()
+        print(table())
     else:
         raise SystemExit(__doc__)
