@@ -23,5 +23,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# Throughput of dpljax vs plain PyTorch (benchmarks/README.md); ARGS="--quick" for a subset.
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m benchmarks.throughput $(ARGS)
+
 clean:
 	rm -rf runs multirun .pytest_cache

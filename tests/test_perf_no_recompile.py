@@ -1,0 +1,50 @@
+"""The jitted train step compiles once: the second and later steps reuse the executable."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dpljax.data.dataset import Arrays
+from dpljax.dpl import DPL
+from dpljax.losses import RMSECombined
+from dpljax.models import HBV
+from dpljax.models.routing import BOUNDS as RB
+from dpljax.nets import LSTM
+from dpljax.params import ParameterSpace
+from dpljax.train import TrainConfig, make_train_step
+
+
+def test_train_step_does_not_recompile():
+    rng = np.random.default_rng(0)
+    n, t = 6, 40
+    f = np.stack([rng.gamma(0.5, 4.0, (n, t)), rng.normal(5, 8, (n, t)), rng.uniform(0, 4, (n, t))], -1)
+    obs = rng.gamma(1.0, 1.0, (n, t))
+    obs[0, :5] = np.nan
+    arrays = Arrays(*(jnp.asarray(a, jnp.float32) for a in (
+        f, rng.normal(size=(n, t, 3)), rng.normal(size=(n, 4)), obs, obs[:, 5:].std(1))))
+    space = ParameterSpace(HBV().bounds, nmul=2, dynamic=("beta",), routing_bounds=RB)
+    net = LSTM(3, 4, space.n_outputs, hidden=8, dropout=0.5, rngs=nnx.Rngs(0))
+    tx = optax.adam(1e-3)
+    graphdef, state = nnx.split(net)
+    opt_state = tx.init(state)
+    step = make_train_step(DPL(HBV(), space), graphdef, tx, RMSECombined(),
+                           TrainConfig(batch_basins=4, window=20, warmup=10, progress=False))
+    compiles = []
+    listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        key = jax.random.key(0)
+        state, opt_state, loss, ok, _ = step(state, opt_state, 0, arrays, key)
+        jax.block_until_ready(loss)
+        first = len(compiles)
+        losses = []
+        for i in range(1, 5):  # a Python int step, as fit() passes it
+            state, opt_state, loss, ok, _ = step(state, opt_state, i, arrays, key)
+            losses.append(float(loss))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert first >= 1
+    assert len(compiles) == first, f"{len(compiles) - first} recompilation(s) after the first step"
+    assert step._cache_size() == 1
+    assert np.all(np.isfinite(losses))
