@@ -126,7 +126,7 @@ def table() -> str:
         rows.append(f"| {r['experiment']} | {r['n_basins']} | {r['median_nse']:.3f} | {r['mean_nse']:.3f} | "
                     f"{r['median_kge']:.3f} | {r.get('steps') or ''} | "
                     f"{(r.get('train_wall_time_s') or 0) / 60:.1f} min | "
-                    f"{'' if rep is None else f'|diff| = {rep:.1e}'} | {anchor} |")
+                    f"{'' if rep is None else f'abs. diff {rep:.1e}'} | {anchor} |")
     return "\n".join(rows)
 
 
