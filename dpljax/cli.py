@@ -57,7 +57,8 @@ def _evaluate(argv):
     if (Path(args.run_dir) / "pub.json").exists():
         from .pub import evaluate_pub
 
-        return evaluate_pub(args.run_dir)
+        evaluate_pub(args.run_dir)
+        return
     from .experiment import evaluate_run
 
     evaluate_run(args.run_dir)
@@ -79,11 +80,14 @@ def _data(argv):
 
 
 def main(argv=None) -> None:
+    """Console entry point (its return value becomes the exit status: always None here)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "evaluate":
-        return _evaluate(argv[1:])
+        _evaluate(argv[1:])
+        return
     if argv and argv[0] == "data":
-        return _data(argv[1:])
+        _data(argv[1:])
+        return
     sys.argv = [sys.argv[0]] + argv
     _hydra_entry()
 

@@ -42,5 +42,8 @@ def test_pub_on_sample(tmp_path):
     assert again["median_nse"] == summary["median_nse"]
     ev = evaluate_pub(tmp_path, log=quiet)
     assert ev["median_nse"] == pytest.approx(summary["median_nse"], abs=1e-6)
+    from dpljax.cli import main
+
+    assert main(["evaluate", str(tmp_path)]) is None  # the console script's exit status is 0
     with pytest.raises(ValueError, match="holds a PUB run"):
         run_pub(config, tmp_path, n_folds=4, seed=3, log=quiet)
