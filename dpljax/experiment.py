@@ -368,11 +368,12 @@ def evaluate_period(exp: Experiment, ds, norm: Normalizer, graphdef, state, peri
     return table
 
 
-def load_test_data(exp: Experiment, ds, log=print):
-    """The basins scored on the test period: the training basins, or ``data.test_basins``
-    (PUB: basins never trained on, which need no training-period observations)."""
+def load_test_data(exp: Experiment, ds=None, log=print):
+    """The basins scored on the test period: the training basins (``ds``, loaded here when
+    not given), or ``data.test_basins`` (PUB: basins never trained on, which need no
+    training-period observations)."""
     if exp.data.test_basins is None:
-        return ds
+        return load(exp.data, log=log) if ds is None else ds
     cfg = replace(exp.data, basins=exp.data.test_basins, test_basins=None)
     test_ds, _ = load_with_report(cfg, log=log, require_train_obs=False)
     return test_ds
@@ -485,7 +486,7 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     exp = build(config)
-    ds = load(exp.data) if exp.data.test_basins is None else load_test_data(exp, None, log)
+    ds = load_test_data(exp, log=log)
     norm = Normalizer.from_json(run_dir / "normalizer.json")
     n_dyn, n_static = len(norm.dynamic), len(norm.static)
     net = exp.make_net(n_dyn, n_static)

@@ -67,7 +67,8 @@ def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0,
     configs = fold_configs(config, n_folds, seed)
     spec_path.write_text(json.dumps({"spec": spec, "folds": [c["data"]["test_basins"] for c in configs]}, indent=1))
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "pub": spec}, sort_keys=False))
-    (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
+    info = run_info()
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))
     tables, wall = [], 0.0
     for k, c in enumerate(configs):
         fold_dir = run_dir / f"fold_{k}"
@@ -79,7 +80,7 @@ def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0,
         tables.append(pd.read_csv(fold_dir / "metrics_test.csv", index_col=0, dtype={"basin": str}))
         wall += json.loads((fold_dir / "summary.json").read_text()).get("train_wall_time_s", 0.0)
     return _pool(run_dir, tables, {"n_folds": n_folds, "train_wall_time_s": wall,
-                                   "git_commit": run_info()["git_commit"]}, log)
+                                   "git_commit": info["git_commit"]}, log)
 
 
 def evaluate_pub(run_dir: str | Path, log=print) -> dict:
