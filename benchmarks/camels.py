@@ -1,6 +1,6 @@
 """Record CAMELS-US experiment runs: results JSON, committed weights, NSE-CDF figure.
 
-    python -m benchmarks.camels record RUN_DIR NAME   # -> results/NAME.json + weights/NAME/
+    python -m benchmarks.camels record RUN_DIR NAME [NOTE]  # -> results/NAME.json + weights/NAME/
     python -m benchmarks.camels figure                # -> results/camels_nse_cdf.png
     python -m benchmarks.camels check NAME            # dpljax evaluate on the committed weights
     python -m benchmarks.camels table                 # the table in benchmarks/README.md
@@ -46,7 +46,7 @@ def _cpu() -> str:
     return platform.processor()
 
 
-def record(run_dir: str | Path, name: str) -> dict:
+def record(run_dir: str | Path, name: str, note: str | None = None) -> dict:
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -68,6 +68,8 @@ def record(run_dir: str | Path, name: str) -> dict:
         "devices": info.get("devices"),
         "git_commit": info.get("git_commit"),
         "run_started": info.get("started"),
+        "resumed": summary.get("resumed_from_step"),
+        **({"note": note} if note else {}),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))

@@ -26,6 +26,9 @@ def _train(cfg) -> float:
         from .experiment import ConfigError
 
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
+    from .parallel import use_host_devices
+
+    use_host_devices((config.get("train") or {}).get("devices"))  # before JAX starts
     run_dir = HydraConfig.get().runtime.output_dir
     print(f"run directory: {run_dir}")
     pub = config.get("pub")

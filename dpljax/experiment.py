@@ -21,7 +21,8 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ from .models.base import MODELS
 from .models.routing import BOUNDS as ROUTING_BOUNDS
 from .nets.registry import NETS
 from .params import ParameterSpace
+from .schedules import make_schedule
 from .train import (RESUMABLE_CHANGES, ResumeError, TrainConfig, _flat, _resume_differences, fit,
                     load_checkpoint, read_checkpoint_meta, save_checkpoint)
 
@@ -77,7 +79,9 @@ class Experiment:
     data: DataConfig
     train: TrainConfig
     loss: Any
-    tx: optax.GradientTransformation
+    #: An Optax transformation, or (with ``optim.schedule``) a function of the run's total
+    #: number of steps that returns one.
+    tx: optax.GradientTransformation | Callable[[int], optax.GradientTransformation]
     net_name: str
     net_options: dict
 
@@ -85,6 +89,11 @@ class Experiment:
         cls = NETS[self.net_name]
         return cls(n_dynamic, n_static, self.dpl.space.n_outputs, **self.net_options,
                    rngs=nnx.Rngs(self.train.seed if seed is None else seed))
+
+
+def _scheduled_optimizer(make, options: dict, schedule: dict, total: int) -> optax.GradientTransformation:
+    """The optimiser with its learning rate following ``schedule`` over ``total`` steps."""
+    return make(**{**options, "learning_rate": make_schedule(schedule, options["learning_rate"], total)})
 
 
 def _is_int(v) -> bool:
@@ -217,18 +226,30 @@ def build(config: dict) -> Experiment:
         raise ConfigError(f"'loss': {e}") from e
     oc = _section(config, "optim")
     oname = oc.pop("name", None)
+    schedule = oc.pop("schedule", None)
     if not isinstance(oname, str) or not callable(getattr(optax, oname, None)):
         raise ConfigError(f"optim.name={oname!r} is not an Optax optimiser")
     _check_options(getattr(optax, oname), "optim", oc)
     lr = oc.get("learning_rate")
     if lr is not None and not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"optim.learning_rate must be a number > 0, got {lr!r}")
+    if schedule is not None and lr is None:
+        raise ConfigError("optim.schedule needs optim.learning_rate (the peak of the schedule)")
     try:
         tx = getattr(optax, oname)(**oc)
         like = {"w": jnp.zeros(3)}
         jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), like)  # wrong option types fail here
     except Exception as e:  # noqa: BLE001 - any failure is the config's
         raise ConfigError(f"'optim' ({oname}): {type(e).__name__}: {e}") from e
+    if schedule is not None:
+        if not isinstance(schedule, dict):
+            raise ConfigError(f"optim.schedule must be a mapping like {{name: cosine, warmup: 0.0, "
+                              f"final: 0.01}}, got {schedule!r}")
+        try:
+            make_schedule(schedule, lr, 100)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        tx = partial(_scheduled_optimizer, getattr(optax, oname), oc, dict(schedule))
     data = _dataclass(DataConfig, "data", _section(config, "data"))
     train = _dataclass(TrainConfig, "train", _section(config, "train"))
     n_days = (np.datetime64(data.train[1]) - np.datetime64(data.train[0])).astype(int) + 1

@@ -26,6 +26,7 @@ from flax import nnx
 from .data.dataset import Arrays
 from .data.sampler import iterations_per_epoch, sample_batch
 from .dpl import DPL, simulate_split
+from .parallel import basin_mesh, replicate, shard_basins
 
 
 @dataclass
@@ -40,7 +41,9 @@ class TrainConfig:
     ``nan_policy``: "skip" a step whose loss or gradient is not finite, or "halt" with an
     error naming the batch's basins (after writing a checkpoint of the last good state);
     ``clip_grad_norm``: clip the gradient to this global norm before the optimiser;
-    ``resume``: continue from the run directory's ``checkpoints/last.npz``.
+    ``resume``: continue from the run directory's ``checkpoints/last.npz``;
+    ``devices``: split each batch's basins over this many devices (host CPU devices, one per
+    core, on a CPU; see :mod:`dpljax.parallel`); ``batch_basins`` must be a multiple of it.
     """
 
     epochs: int = 20
@@ -56,6 +59,7 @@ class TrainConfig:
     checkpoint_minutes: float | None = None
     resume: bool = False
     progress: bool = True
+    devices: int = 1
 
     def __post_init__(self):
         def integer(name, lo, optional=False):
@@ -77,13 +81,16 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be null or a number > 0, got {v!r}")
             setattr(self, name, float(v))
 
-        for name in ("epochs", "batch_basins", "window", "valid_every", "checkpoint_every"):
+        for name in ("epochs", "batch_basins", "window", "valid_every", "checkpoint_every", "devices"):
             integer(name, 1)
         integer("iters_per_epoch", 1, optional=True)
         integer("warmup", 0)
         integer("seed", -(2 ** 63))
         number("clip_grad_norm")
         number("checkpoint_minutes")
+        if self.batch_basins % self.devices:
+            raise ValueError(f"train.batch_basins={self.batch_basins} must be a multiple of "
+                             f"train.devices={self.devices} (each device takes an equal share)")
         if self.nan_policy not in ("skip", "halt"):
             raise ValueError(f"train.nan_policy must be 'skip' or 'halt', got {self.nan_policy!r}")
         for name in ("resume", "progress"):
@@ -91,9 +98,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
 
 
-#: TrainConfig fields a resumed run may change: they do not alter the parameters' trajectory.
+#: TrainConfig fields a resumed run may change: they do not alter the parameters' trajectory
+#: (``devices`` changes only the order of floating-point sums).
 RESUMABLE_CHANGES = ("epochs", "nan_policy", "valid_every", "checkpoint_every",
-                     "checkpoint_minutes", "resume", "progress")
+                     "checkpoint_minutes", "resume", "progress", "devices")
 
 
 class ResumeError(ValueError):
@@ -112,11 +120,14 @@ def make_train_step(dpl: DPL, graphdef, tx: optax.GradientTransformation, loss_f
                     cfg: TrainConfig):
     """The jitted step. ``arrays`` and the states are arguments (never baked-in constants)."""
     n_b, warmup, length = cfg.batch_basins, cfg.warmup, cfg.warmup + cfg.window
+    mesh = basin_mesh(cfg.devices) if cfg.devices > 1 else None
 
     def step_fn(net_state, opt_state, step, arrays: Arrays, seed_key):
         key = jax.random.fold_in(seed_key, step)
         k_batch, k_drop = jax.random.split(key)
         idx, b = sample_batch(k_batch, arrays, n_b, length)
+        if mesh is not None:
+            b = shard_basins(b, mesh)
 
         def loss_of(state):
             q = simulate_split(graphdef, state, dpl, b.x_dynamic, b.x_static, b.forcing, key=k_drop)
@@ -258,12 +269,15 @@ class TrainResult:
 MAX_SKIPPED_RECORDS = 100
 
 
-def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation, loss_fn: Callable,
+def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[int], optax.GradientTransformation],
+        loss_fn: Callable,
         arrays: Arrays, cfg: TrainConfig, *, run_dir: str | Path | None = None,
         validate: Callable[[Any], float] | None = None, basins=None, log: Callable = print,
         meta: dict | None = None) -> TrainResult:
     """Train ``net`` from a fresh start or, with ``cfg.resume``, from ``run_dir``'s last
     checkpoint. ``validate(net_state) -> score`` (higher is better) picks the best state.
+    ``tx`` is an Optax transformation or a function of the run's total number of steps that
+    returns one (a learning-rate schedule laid over the run).
 
     A checkpoint (``run_dir/checkpoints/last.npz``) holds the network parameters, the
     optimiser state and the best state so far; its metadata hold the step, epoch, seed and
@@ -283,6 +297,9 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation, loss_fn: Ca
                          f"training period ({n_days} days)")
     ipe = cfg.iters_per_epoch or iterations_per_epoch(n_basins, n_days, cfg.batch_basins, cfg.window)
     total = cfg.epochs * ipe
+    scheduled = not isinstance(tx, optax.GradientTransformation)
+    if scheduled:
+        tx = tx(total)
     tx = make_optimizer(tx, cfg.clip_grad_norm)
     graphdef, net_state = nnx.split(net)
     opt_state = tx.init(net_state)
@@ -298,6 +315,10 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation, loss_fn: Ca
     if cfg.resume and last is not None and last.exists():
         old = read_checkpoint_meta(last)
         diffs = _resume_differences(old, cfg, meta, ipe=ipe, key_data=key_data, basins=basins)
+        old_epochs = old.get("config", {}).get("epochs", cfg.epochs)
+        if scheduled and old_epochs != cfg.epochs:
+            diffs.append(f"train.epochs was {old_epochs}, now {cfg.epochs}, and the learning-rate "
+                         "schedule is laid over the whole run (optim.schedule), so it would change")
         if diffs:
             raise ResumeError(f"cannot resume from {last}: " + "; ".join(diffs) + ". Resume with the "
                               "configuration and data of the original run, or start a new run directory.")
@@ -315,6 +336,11 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation, loss_fn: Ca
         best_step, elapsed0, resumed_from = old.get("best_step"), old.get("elapsed_s", 0.0), step0
         log(f"resumed from {last} at step {step0} of {total} (epoch {step0 / ipe:g} of {cfg.epochs})")
     train_step = make_train_step(dpl, graphdef, tx, loss_fn, cfg)
+    if cfg.devices > 1:
+        mesh = basin_mesh(cfg.devices)
+        arrays, net_state, opt_state = replicate((arrays, net_state, opt_state), mesh)
+        log(f"training: each batch's {cfg.batch_basins} basins split over {cfg.devices} "
+            f"{jax.devices()[0].platform} devices")
     t0 = time.perf_counter()
     last_save = t0
 

@@ -6,6 +6,12 @@ import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+# Two host devices, so that basin sharding (train.devices) is tested; arrays not sharded
+# explicitly live on the first, as with one.
+from dpljax.parallel import use_host_devices  # noqa: E402
+
+use_host_devices(2)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
