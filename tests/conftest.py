@@ -15,6 +15,22 @@ use_host_devices(2)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def small_config(**sections) -> dict:
+    """A small experiment on the embedded sample (HBV with 2 components, an MLP of 16, Adam);
+    each keyword's mapping updates that section, e.g. ``small_config(train={"epochs": 2})``."""
+    config = {
+        "model": {"name": "hbv", "nmul": 2, "dynamic": [], "routing": True, "options": {}},
+        "net": {"name": "mlp", "hidden": [16], "dropout": 0.0},
+        "loss": {"name": "rmse_combined", "alpha": 0.25},
+        "optim": {"name": "adam", "learning_rate": 3e-3},
+        "data": {"source": "sample", "train": ["1989-10-01", "1999-09-30"], "test": ["1999-10-01", "2008-09-30"]},
+        "train": {"progress": False},
+    }
+    for name, update in sections.items():
+        config[name] = {**config[name], **update}
+    return config
+
+
 def shared_data() -> Path | None:
     """``../shared/data`` beside the checkout (or $DPLJAX_SHARED_DATA); None when absent."""
     env = os.environ.get("DPLJAX_SHARED_DATA")

@@ -4,19 +4,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import small_config
 from dpljax import ConfigError, build
 from dpljax.data import fit_normalizer, load, prepare
 from dpljax.parallel import basin_mesh
 from dpljax.train import TrainConfig, fit
 
-CFG = {
-    "model": {"name": "hbv", "nmul": 2, "dynamic": ["beta"], "routing": True, "options": {}},
-    "net": {"name": "lstm", "hidden": 8, "dropout": 0.0},
-    "loss": {"name": "rmse_combined", "alpha": 0.25},
-    "optim": {"name": "adam", "learning_rate": 1e-2},
-    "data": {"source": "sample"},
-    "train": {"progress": False},
-}
+CFG = small_config(model={"dynamic": ["beta"]}, net={"name": "lstm", "hidden": 8, "dropout": 0.0},
+                   optim={"learning_rate": 1e-2})
 
 needs_two = pytest.mark.skipif(len(jax.devices()) < 2, reason="needs 2 devices (tests/conftest.py asks for them)")
 

@@ -4,6 +4,7 @@ import json
 import pandas as pd
 import pytest
 
+from conftest import small_config
 from dpljax.pub import evaluate_pub, folds, run_pub
 
 
@@ -18,14 +19,7 @@ def test_folds_partition_the_basins():
 
 
 def test_pub_on_sample(tmp_path):
-    config = {
-        "model": {"name": "hbv", "nmul": 2, "dynamic": [], "routing": True, "options": {}},
-        "net": {"name": "mlp", "hidden": [16], "dropout": 0.0},
-        "loss": {"name": "rmse_combined", "alpha": 0.25},
-        "optim": {"name": "adam", "learning_rate": 3e-3},
-        "data": {"source": "sample", "train": ["1989-10-01", "1999-09-30"], "test": ["1999-10-01", "2008-09-30"]},
-        "train": {"epochs": 1, "iters_per_epoch": 5, "batch_basins": 4, "progress": False},
-    }
+    config = small_config(train={"epochs": 1, "iters_per_epoch": 5, "batch_basins": 4})
     quiet = lambda *a: None
     summary = run_pub(config, tmp_path, n_folds=2, seed=3, log=quiet)
     spec = json.loads((tmp_path / "pub.json").read_text())

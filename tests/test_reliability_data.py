@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import small_config
 from dpljax import ConfigError, build
 from dpljax.data import DataConfig, DataError, load
 from dpljax.data.dataset import load_with_report
@@ -146,16 +147,9 @@ def test_full_camels_store_passes_its_reference_configs(camels_zarr):
 
 # ------------------------------------------------------------------ runs on a corrupted store
 def _config(**train):
-    return {
-        "model": {"name": "hbv", "nmul": 2, "dynamic": [], "routing": True, "options": {}},
-        "net": {"name": "mlp", "hidden": [16], "dropout": 0.0},
-        "loss": {"name": "rmse_combined", "alpha": 0.25},
-        "optim": {"name": "adam", "learning_rate": 3e-3},
-        "data": {"source": "sample", "train": ["1989-10-01", "1999-09-30"],
-                 "test": ["1999-10-01", "2001-09-30"], "test_warmup_days": 365},
-        "train": {"epochs": 1, "iters_per_epoch": 2, "batch_basins": 4, "window": 100, "warmup": 100,
-                  "progress": False, **train},
-    }
+    return small_config(data={"test": ["1999-10-01", "2001-09-30"], "test_warmup_days": 365},
+                        train={"epochs": 1, "iters_per_epoch": 2, "batch_basins": 4, "window": 100,
+                               "warmup": 100, **train})
 
 
 @pytest.fixture(scope="module")

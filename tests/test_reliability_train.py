@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import small_config
 import dpljax.train as T
 from dpljax import build
 from dpljax.data import fit_normalizer, load, prepare
@@ -20,15 +21,7 @@ BAD = 2  # index of the basin whose forcing is poisoned with NaN
 
 @pytest.fixture(scope="module")
 def setup(sample):
-    cfg = {
-        "model": {"name": "hbv", "nmul": 2, "dynamic": [], "routing": True, "options": {}},
-        "net": {"name": "mlp", "hidden": [16], "dropout": 0.0},
-        "loss": {"name": "rmse_combined", "alpha": 0.25},
-        "optim": {"name": "adam", "learning_rate": 1e-2},
-        "data": {"source": "sample"},
-        "train": {"progress": False},
-    }
-    exp = build(cfg)
+    exp = build(small_config(optim={"learning_rate": 1e-2}))
     ds = load(exp.data, sample)
     arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train)
     return exp, arrays, [str(b) for b in ds["basin"].values]

@@ -8,19 +8,13 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import small_config
 from dpljax import ConfigError, build
 from dpljax.data import fit_normalizer, load, prepare
 from dpljax.schedules import make_schedule
 from dpljax.train import ResumeError, TrainConfig, fit
 
-BASE = {
-    "model": {"name": "hbv", "nmul": 2, "dynamic": [], "routing": True, "options": {}},
-    "net": {"name": "mlp", "hidden": [16], "dropout": 0.0},
-    "loss": {"name": "rmse_combined", "alpha": 0.25},
-    "optim": {"name": "adam", "learning_rate": 1e-2},
-    "data": {"source": "sample"},
-    "train": {"progress": False},
-}
+BASE = small_config(optim={"learning_rate": 1e-2})
 
 
 def with_schedule(schedule, **optim):

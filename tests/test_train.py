@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import small_config
 from dpljax import build
 from dpljax.experiment import run_experiment
 from dpljax.train import load_checkpoint, save_checkpoint
@@ -17,15 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(**train):
-    return {
-        "model": {"name": "hbv", "nmul": 4, "dynamic": [], "routing": True, "options": {}},
-        "net": {"name": "mlp", "hidden": [64], "dropout": 0.0},
-        "loss": {"name": "rmse_combined", "alpha": 0.25},
-        "optim": {"name": "adam", "learning_rate": 3e-3},
-        "data": {"source": "sample", "train": ["1989-10-01", "1999-09-30"], "test": ["1999-10-01", "2008-09-30"]},
-        "train": {"epochs": 1, "iters_per_epoch": 10, "batch_basins": 8, "window": 365, "warmup": 365,
-                  "progress": False, **train},
-    }
+    return small_config(model={"nmul": 4}, net={"hidden": [64]},
+                        train={"epochs": 1, "iters_per_epoch": 10, "batch_basins": 8, "window": 365,
+                               "warmup": 365, **train})
 
 
 def test_learns_on_real_data(tmp_path):
