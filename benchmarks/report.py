@@ -1,4 +1,5 @@
-"""Render ``benchmarks/README.md`` and ``optimisations.json`` from ``throughput.json``.
+"""Render ``benchmarks/README.md`` and ``optimisations.json`` from ``throughput.json``, and the
+README's GPU section from ``throughput_gpu.json`` when a GPU run is stored.
 
 Every number in the README comes from the JSON of the run (never typed by hand):
 ``python -m benchmarks.report`` re-renders it from the stored results.
@@ -86,20 +87,23 @@ def _mcd(b, t, sec):
 
 
 def earlier_runs() -> list[tuple[str, dict]]:
-    """Other full runs kept beside the current one (``results/throughput_*.json``)."""
+    """Other full CPU runs kept beside the current one (``results/throughput_*.json``; GPU
+    runs have their own section)."""
     out = []
     for f in sorted(RESULTS.glob("throughput_*.json")):
         try:
-            out.append((f"results/{f.name}", json.loads(f.read_text())))
+            doc = json.loads(f.read_text())
         except (OSError, ValueError):
-            pass
+            continue
+        if doc.get("device", "cpu") == "cpu":
+            out.append((f"results/{f.name}", doc))
     return out
 
 
 def optimisations(doc) -> dict:
     """Before/after of each optimisation, from this run's cases (plus the development log)."""
     rows = []
-    for b, t in ((100, 730), (671, 730), (100, 5478), (671, 5478)):
+    for b, t in SHAPES:
         base = _get(doc, f"hbv/jax_naive/{b}x{t}", "fwd_bwd")
         for fw, what in (("jax_naive", "scan + vmap, plain autodiff (the straightforward version)"),
                          ("jax_naive_remat", "+ jax.checkpoint on the scan body"),
@@ -200,14 +204,19 @@ def acceptance(doc) -> list[dict]:
     return out
 
 
-def _hbv_table(doc) -> list[str]:
-    fws = [("jax", "dpljax"), ("jax_user_vmap", "user vmap(run)"), ("jax_sharded", "dpljax, 2 devices"),
-           ("jax_naive_remat", "naive + remat"), ("jax_naive", "naive"), ("torch", "plain PyTorch"),
-           ("torch_mt", "plain PyTorch, default threads"),
-           ("dmg", "dmg 1.5 HBV")]
-    lines = ["| B x T | " + " | ".join(n for _, n in fws) + " | dpljax vs PyTorch (faster setting) | dpljax vs dmg |",
-             "|---|" + "---|" * (len(fws) + 2)]
-    for b, t in ((100, 730), (671, 730), (100, 5478), (671, 5478)):
+HBV_COLUMNS = [("jax", "dpljax"), ("jax_user_vmap", "user vmap(run)"), ("jax_sharded", "dpljax, 2 devices"),
+               ("jax_naive_remat", "naive + remat"), ("jax_naive", "naive"), ("torch", "plain PyTorch"),
+               ("torch_mt", "plain PyTorch, default threads"), ("dmg", "dmg 1.5 HBV")]
+GPU_HBV_COLUMNS = [("jax", "dpljax"), ("jax_naive_remat", "naive + remat"), ("jax_naive", "naive"),
+                   ("torch", "plain PyTorch (CUDA)")]
+SHAPES = ((100, 730), (671, 730), (100, 5478), (671, 5478))
+
+
+def _hbv_table(doc, fws=HBV_COLUMNS, vs_torch="dpljax vs PyTorch (faster setting)", vs_dmg=True) -> list[str]:
+    lines = ["| B x T | " + " | ".join(n for _, n in fws) + f" | {vs_torch} |"
+             + (" dpljax vs dmg |" if vs_dmg else ""),
+             "|---|" + "---|" * (len(fws) + 1 + vs_dmg)]
+    for b, t in SHAPES:
         cells = []
         for fw, _ in fws:
             r = _get(doc, f"hbv/{fw}/{b}x{t}", "fwd_bwd")
@@ -219,13 +228,16 @@ def _hbv_table(doc) -> list[str]:
         tts = [r for r in (tt, _get(doc, f"hbv/torch_mt/{b}x{t}", "fwd_bwd")) if r]
         tt = min(tts, key=lambda r: r["median_s"]) if tts else None
         cells.append(f"{tt['median_s'] / j['median_s']:.1f}x" if j and tt else "-")
-        cells.append(f"{d['median_s'] / j['median_s']:.0f}x" if j and d else "-")
+        if vs_dmg:
+            cells.append(f"{d['median_s'] / j['median_s']:.0f}x" if j and d else "-")
         lines.append(f"| {b} x {t} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _hbv_detail(doc) -> list[str]:
-    lines = ["| case | compile / first step (s) | fwd (s) | fwd+bwd (s) | steps timed | peak RSS (GiB) | XLA buffers (GiB) |",
+def _hbv_detail(doc, mem=("peak_rss_gib", "peak RSS")) -> list[str]:
+    """Every HBV case; ``mem``: the peak-memory field of the results and its column title."""
+    lines = ["| case | compile / first step (s) | fwd (s) | fwd+bwd (s) | steps timed | "
+             f"{mem[1]} (GiB) | XLA buffers (GiB) |",
              "|---|---|---|---|---|---|---|"]
     for c in doc["cases"]:
         if not c["name"].startswith("hbv/") or "result" not in c:
@@ -234,17 +246,17 @@ def _hbv_detail(doc) -> list[str]:
         fb = c["result"].get("fwd_bwd")
         comp = fb.get("compile_s", fb.get("first_step_s"))
         lines.append(f"| {c['name']} | {_t(comp)} | {_t(f['median_s']) if f else '-'} | "
-                     f"{_t(fb['median_s'])} | {fb['n']} | {_t(fb.get('peak_rss_gib'))} | "
+                     f"{_t(fb['median_s'])} | {fb['n']} | {_t(fb.get(mem[0]))} | "
                      f"{_t(fb.get('xla_buffers_gib'))} |")
     return lines
 
 
-def _step_table(doc) -> list[str]:
+def _step_table(doc, mem=("peak_rss_gib", "peak RSS")) -> list[str]:
     lines = ["| net | B x T | dpljax step (s) | compile (s) | PyTorch step (s) | speed-up | "
-             "M component-days/s (dpljax) | peak RSS dpljax / PyTorch (GiB) |",
+             f"M component-days/s (dpljax) | {mem[1]} dpljax / PyTorch (GiB) |",
              "|---|---|---|---|---|---|---|---|"]
     for net in ("mlp", "lstm64", "lstm256"):
-        for b, t in ((100, 730), (671, 730), (100, 5478), (671, 5478)):
+        for b, t in SHAPES:
             nj, nt = f"step/jax/{net}/{b}x{t}", f"step/torch/{net}/{b}x{t}"
             j = _get(doc, nj, "fwd_bwd_update")
             p = _get(doc, nt, "fwd_bwd_update")
@@ -256,24 +268,54 @@ def _step_table(doc) -> list[str]:
                      _t(p["median_s"]) if p else _why(doc, nt),
                      f"{p['median_s'] / j['median_s']:.2f}x" if (j and p) else "-",
                      f"{_mcd(b, t, j['median_s']):.1f}" if j else "-",
-                     f"{_t(j.get('peak_rss_gib')) if j else '-'} / {_t(p.get('peak_rss_gib')) if p else '-'}"]
+                     f"{_t(j.get(mem[0])) if j else '-'} / {_t(p.get(mem[0])) if p else '-'}"]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _lstm_table(doc) -> list[str]:
+def _lstm_table(doc, gpu=False) -> list[str]:
+    """``gpu``: times to 3 significant digits (milliseconds there) and a compile column."""
     from benchmarks.torch_ref import lstm_flops
 
-    lines = ["| hidden | variant | fwd+bwd (s) | GFLOP | achieved GFLOP/s |", "|---|---|---|---|---|"]
+    comp = " compile / first step (s) |" if gpu else ""
+    lines = [f"| hidden | variant | fwd+bwd (s) |{comp} GFLOP | achieved GFLOP/s |",
+             "|---|---|---|---|---|" + ("---|" if gpu else "")]
     for h in (64, 256):
         fl = lstm_flops(100, 730, 3 + 35, h, 13 * NMUL + 2)
         for fw, name in (("jax", "dpljax (hand-written backward)"), ("jax_autodiff", "JAX autodiff of the scan"),
                          ("torch", "PyTorch nn.LSTM")):
             r = _get(doc, f"lstm/{fw}/h{h}/100x730", "fwd_bwd")
             if r:
-                lines.append(f"| {h} | {name} | {r['median_s']:.3f} | {fl / 1e9:.1f} | "
+                c = f" {_t(r.get('compile_s', r.get('first_step_s')))} |" if gpu else ""
+                med = _t(r["median_s"]) if gpu else f"{r['median_s']:.3f}"
+                lines.append(f"| {h} | {name} | {med} |{c} {fl / 1e9:.1f} | "
                              f"{fl / r['median_s'] / 1e9:.0f} |")
     return lines
+
+
+def _ops_table(h) -> list[str]:
+    """The elementwise operations of one HBV day (the probe's ``hbv_ops``)."""
+    return [
+        "HBV, per component-day (XLA's own counts of the compiled program, `probe` case):",
+        "",
+        "| | elementwise ops | source |",
+        "|---|---|---|",
+        f"| one day, forward (`step`) | {h['step_ops']} | jaxpr of `hbv.step` |",
+        f"| one day, forward recomputed + adjoint (`_step_vjp`) | {h['step_plus_adjoint_ops']} | "
+        "jaxpr of `hbv._step_vjp` |",
+        f"| compiled forward loop body | {h.get('compiled_fwd_body_ops')} | optimised HLO, ops inside the fusions |",
+        f"| compiled backward loop body | {h.get('compiled_bwd_body_ops')} | optimised HLO, ops inside the fusions |",
+    ]
+
+
+def _left_out(doc, heading="##") -> list[str]:
+    skipped = [c for c in doc["cases"] if "skipped" in c]
+    errors = [c for c in doc["cases"] if "error" in c]
+    if not (skipped or errors):
+        return []
+    return ([f"{heading} Left out of this run", ""]
+            + [f"- `{c['name']}`: {c['skipped']}" for c in skipped]
+            + [f"- `{c['name']}`: ERROR {c['error']}" for c in errors] + [""])
 
 
 def _floor(doc) -> list[str]:
@@ -299,15 +341,7 @@ def _floor(doc) -> list[str]:
         bw = pr["mem_bandwidth_gbs"] * 1e9 / byt / 1e6
         nb = _get(doc, "hbv/jax/671x730", "fwd_bwd")
         meas = _mcd(671, 730, nb["median_s"]) if nb else None
-        out += [
-            "HBV, per component-day (XLA's own counts of the compiled program, `probe` case):",
-            "",
-            "| | elementwise ops | source |",
-            "|---|---|---|",
-            f"| one day, forward (`step`) | {fwd_min} | jaxpr of `hbv.step` |",
-            f"| one day, forward recomputed + adjoint (`_step_vjp`) | {adj_min} | jaxpr of `hbv._step_vjp` |",
-            f"| compiled forward loop body | {comp_fwd} | optimised HLO, ops inside the fusions |",
-            f"| compiled backward loop body | {comp_bwd} | optimised HLO, ops inside the fusions |",
+        out += _ops_table(h) + [
             "",
             f"Compute floor: {pr['elementwise_gflops']:.0f} GFLOP/s / {fwd_min + adj_min} ops = "
             f"**{flo:.0f} M component-days/s**; memory floor: {byt} bytes per component-day "
@@ -337,6 +371,17 @@ def _floor(doc) -> list[str]:
                 f"not per iteration): {st['xla_flops_loop_bodies_once'] / 1e9:.1f} GFLOP, "
                 f"{st['xla_bytes_loop_bodies_once'] / 1e9:.1f} GB."]
     return out
+
+
+def _opt_table(opt, gpu=False) -> list[str]:
+    """``gpu``: times to 3 significant digits (milliseconds there)."""
+    lines = ["| case | variant | median (s) | M/s | speed-up |", "|---|---|---|---|---|"]
+    for r in opt["rows"]:
+        sp = r.get("speedup_vs_naive", r.get("speedup_vs_autodiff"))
+        med = _t(r["median_s"]) if gpu else f"{r['median_s']:.3f}"
+        lines.append(f"| {r['case']} | {r['variant']} | {med} | "
+                     f"{_t(r.get('mcd_per_s'))} | {'-' if sp is None else f'{sp:.2f}x'} |")
+    return lines
 
 
 def render_readme(doc, opt=None) -> str:
@@ -370,9 +415,9 @@ def render_readme(doc, opt=None) -> str:
                        for u in doc.get("partial_updates", [])), ""] if doc.get("partial_updates") else []),
         *([f"Other busy processes seen during the run: {'; '.join(doc['other_processes'])}.", ""]
           if doc.get("other_processes") else []),
-        f"**GPU:** {doc.get('accelerator')}. No accelerator was lent to this task, so `make bench` "
-        "has not been run on a GPU; on one, the same command runs the JAX cases on it (PyTorch "
-        "and dmg stay on the CPU as written).",
+        f"**GPU in this run:** {doc.get('accelerator')}. A GPU run (`--device gpu`, what `make bench` does "
+        "where JAX has a GPU: JAX on it, PyTorch on CUDA) has its own document, "
+        "`results/throughput_gpu.json`, and its own section below when one is stored.",
         "",
         f"PyTorch threads: {(doc.get('torch_threads') or {}).get('policy', '-')}.",
         "",
@@ -412,12 +457,7 @@ def render_readme(doc, opt=None) -> str:
     L += _step_table(doc)
     L += ["", "## The g_z LSTM alone (100 x 730, forward + backward)", ""] + _lstm_table(doc)
     L += ["", "## Distance to the floor", ""] + _floor(doc)
-    L += ["", "## What each optimisation gave", "",
-          "| case | variant | median (s) | M/s | speed-up |", "|---|---|---|---|---|"]
-    for r in opt["rows"]:
-        sp = r.get("speedup_vs_naive", r.get("speedup_vs_autodiff"))
-        L.append(f"| {r['case']} | {r['variant']} | {r['median_s']:.3f} | "
-                 f"{_t(r.get('mcd_per_s'))} | {'-' if sp is None else f'{sp:.2f}x'} |")
+    L += ["", "## What each optimisation gave", ""] + _opt_table(opt)
     L += ["", "Tried while optimising (development log, `optimisations.json`):", "",
           "| what | median (s) | load | note |", "|---|---|---|---|"]
     L += [f"| {d['what']} | {d['median_s']:.3f} | {d['load']} | {d.get('note', '')} |" for d in DEV_LOG]
@@ -441,13 +481,7 @@ def render_readme(doc, opt=None) -> str:
           "- XLA's multi-output-fusion flag was tried and gave nothing; `unroll` was not retried "
           "(the issue's first look found 2-8 slower and longer to compile).",
           ""]
-    skipped = [c for c in doc["cases"] if "skipped" in c]
-    errors = [c for c in doc["cases"] if "error" in c]
-    if skipped or errors:
-        L += ["## Left out of this run", ""]
-        L += [f"- `{c['name']}`: {c['skipped']}" for c in skipped]
-        L += [f"- `{c['name']}`: ERROR {c['error']}" for c in errors]
-        L.append("")
+    L += _left_out(doc)
     return "\n".join(L) + "\n"
 
 
@@ -469,10 +503,143 @@ def _la(x):
     return "-" if x is None else "/".join(f"{v:.2f}" for v in x)
 
 
+# ============================================================================ the GPU section
+GPU_BEGIN = "<!-- throughput-gpu:begin (generated by benchmarks/report.py from results/throughput_gpu.json) -->"
+GPU_END = "<!-- throughput-gpu:end -->"
+GPU_MEM = ("peak_gpu_gib", "peak GPU")
+
+
+def _gpu_device(doc) -> list[str]:
+    """The probe's figures for the GPU, and HBV's time per simulated day against them."""
+    pr = _probe(doc)
+    h = _get(doc, "probe", "hbv_ops")
+    if not pr:
+        return ["(the machine probe did not run)"]
+    tf = lambda k: f"{pr[k] / 1e3:.1f} TFLOP/s"
+    n = pr.get("matmul_n")
+    mm = [f"matmul **{tf('matmul_gflops')}**" + (f" ({n}^3 float32, JAX's default precision)" if n else "")]
+    if "matmul_f32_highest_gflops" in pr:
+        mm.append(f"{tf('matmul_f32_highest_gflops')} with `Precision.HIGHEST`")
+    if "matmul_bf16_gflops" in pr:
+        mm.append(f"{tf('matmul_bf16_gflops')} in bfloat16")
+    size = pr.get("elementwise_size_fmas")
+    out = [f"Measured on this GPU in the same run (`probe` case, JAX): {', '.join(mm)}; memory "
+           f"bandwidth **{pr['mem_bandwidth_gbs']:.0f} GB/s** ({pr.get('stream_mib', 256)} MiB stream, "
+           f"read + write; {pr['fresh_buffer_gbs']:.0f} GB/s into fresh buffers); fused elementwise "
+           f"arithmetic **{pr['elementwise_gflops']:.0f} GFLOP/s**"
+           + (f" ({size[1]} dependent multiply-adds over {size[0]} floats)." if size else "."), ""]
+    if h:
+        out += _ops_table(h) + ["", f"Kernels per day in the compiled loop bodies: "
+                                    f"{h.get('compiled_fwd_body_kernels')} (forward), "
+                                    f"{h.get('compiled_bwd_body_kernels')} (backward).", ""]
+    elif _get(doc, "probe", "hbv_ops_error"):
+        out += [f"(HBV's operation counts could not be read from this backend's compiled program: "
+                f"{_get(doc, 'probe', 'hbv_ops_error')}.)", ""]
+    out += ["HBV alone per simulated day (median step time / days; the loop runs one day after "
+            "another, each day's work spread over B basins x 16 components):", "",
+            "| B x T | dpljax fwd (us/day) | dpljax fwd+bwd (us/day) | plain PyTorch fwd+bwd (us/day) |",
+            "|---|---|---|---|"]
+    per_day = lambda r, t: "-" if r is None else f"{1e6 * r['median_s'] / t:.1f}"
+    for b, t in SHAPES:
+        j = _get(doc, f"hbv/jax/{b}x{t}", "fwd")
+        jb = _get(doc, f"hbv/jax/{b}x{t}", "fwd_bwd")
+        tb = _get(doc, f"hbv/torch/{b}x{t}", "fwd_bwd")
+        if j or jb or tb:
+            out.append(f"| {b} x {t} | {per_day(j, t)} | {per_day(jb, t)} | {per_day(tb, t)} |")
+    if h:
+        ops = h["step_ops"] + h["step_plus_adjoint_ops"]
+        flo_us = 671 * NMUL * ops / (pr["elementwise_gflops"] * 1e9) * 1e6
+        mem_us = 671 * NMUL * h["bytes_per_component_day"] / (pr["mem_bandwidth_gbs"] * 1e9) * 1e6
+        out += ["", f"For comparison, one day of 671 basins x 16 components forward + backward is "
+                    f"{671 * NMUL * ops / 1e6:.1f} M elementwise operations ({ops} per component-day): "
+                    f"{flo_us:.2f} us at the measured elementwise rate, and "
+                    f"{671 * NMUL * h['bytes_per_component_day'] / 1e3:.0f} kB of storages, forcing "
+                    f"and fluxes: {mem_us:.2f} us at the measured bandwidth."]
+    return out
+
+
+def render_gpu(doc) -> str:
+    """The README's GPU section, from a GPU run's document (``throughput_gpu.json``) only."""
+    m, v, jb = doc["machine"], doc["versions"], doc.get("jax_backend") or {}
+    plugin = ", ".join(f"{k} {v[k]}" for k in v if k.startswith("jax-cuda"))
+    il = [(b, t, _get(doc, f"hbv/jax/{b}x{t}", "interleaved")) for b, t in SHAPES]
+    il = [f"{b} x {t}: {r['user_vmap']['median_s']:.4f} s vs {r['simulate']['median_s']:.4f} s "
+          f"(ratio {r['user_vmap']['median_s'] / r['simulate']['median_s']:.2f}, {r['simulate']['n']} "
+          "steps each)" for b, t, r in il if r]
+    lim = doc.get("limits") or {}
+    L = [
+        f"## On a GPU: {jb.get('device_kind') or doc.get('accelerator')}",
+        "",
+        "`python -m benchmarks.throughput --device gpu` (what `make bench` runs where JAX's default "
+        "backend is a GPU): the cases above with JAX on the GPU and the plain-PyTorch reference on "
+        "CUDA, on the same device. Results: `results/throughput_gpu.json`; this section is rendered "
+        "from it alone by `benchmarks/report.py`.",
+        "",
+        f"**This run:** {doc['created']}, commit `{doc.get('git_commit')}`, {doc.get('accelerator')}; "
+        f"JAX backend `{jb.get('backend')}` ({jb.get('device_kind')}), jax {v.get('jax')}"
+        + (f" ({plugin})" if plugin else "") + f", flax {v.get('flax')}, torch {v.get('torch')} "
+        f"(CUDA {v.get('torch_cuda')}, cuDNN {v.get('cudnn')}); host {m['cpu']} ({m['cores']} cores, "
+        f"{m.get('memory_gib')} GiB); whole run {doc['wall_time_s'] / 60:.1f} min (limits: "
+        f"{_t(lim.get('budget_s'))} s of timed steps per case once its minimum count is reached, "
+        f"{_t(lim.get('timeout_s'))} s per case, {_t(lim.get('max_wall_s'))} s for the run).",
+        "",
+        *([f"**JAX's backend in this run was `{jb.get('backend')}`, not a GPU: its numbers below are "
+           "not from the GPU.**", ""] if jb.get("backend") != "gpu" else []),
+        *([f"Re-measured afterwards, in the same document: "
+           + "; ".join(f"{', '.join(u['cases'])} at {u['created']}" for u in doc["partial_updates"]), ""]
+          if doc.get("partial_updates") else []),
+        "Conventions as above, except: every timed call ends with `jax.block_until_ready` or "
+        "`torch.cuda.synchronize()`; fewer steps are timed (see the limits above; the count is in "
+        "the JSON, at least 3 for PyTorch); peak GPU = "
+        "`torch.cuda.max_memory_allocated()` over the PyTorch case, and for JAX the device's "
+        "`peak_bytes_in_use`, which XLA does not reset: the peak since the case's process started "
+        "(for `hbv/jax` it includes the forward-only program, and at 730 days the interleaved "
+        "comparison run before it).",
+        "",
+        "The acceptance targets of the section above (issue 3) are set for the 2-core CPU machine; "
+        "none is set or checked for a GPU.",
+        "",
+        "### HBV alone: forward + backward of an RMSE loss w.r.t. the raw parameters",
+        "",
+    ]
+    L += _hbv_table(doc, GPU_HBV_COLUMNS, vs_torch="dpljax vs PyTorch", vs_dmg=False)
+    if il:
+        L += ["", "A user's `jax.vmap(jax.vmap(hbv.run))` vs `HBV.simulate` (user vs simulate), "
+                  "interleaved in one process: " + "; ".join(il) + "."]
+    L += ["", "<details><summary>every HBV case</summary>", ""] + _hbv_detail(doc, GPU_MEM) + ["", "</details>"]
+    L += ["", "### The full dPL training step", "", "As above (`make_train_step` against "
+          "`torch_ref.make_step`, with the PyTorch model and data on CUDA).", ""]
+    L += _step_table(doc, GPU_MEM)
+    L += ["", "### The g_z LSTM alone (100 x 730, forward + backward)", ""] + _lstm_table(doc, gpu=True)
+    L += ["", "### The GPU and the HBV loop", ""] + _gpu_device(doc)
+    L += ["", "### What each optimisation gave", ""] + _opt_table(optimisations(doc), gpu=True)
+    L += [""] + _left_out(doc, "###")
+    return "\n".join(L).rstrip("\n") + "\n"
+
+
+def write_gpu_readme(path: Path, body: str | None) -> None:
+    """Write the GPU section in place of the old one, else right after the CPU section's end
+    marker (else at the end of the file); ``body`` None removes it."""
+    text = path.read_text() if path.exists() else ""
+    block = "" if body is None else f"{GPU_BEGIN}\n{body}{GPU_END}\n"
+    if GPU_BEGIN in text and GPU_END in text:
+        head, tail = text[:text.index(GPU_BEGIN)], text[text.index(GPU_END) + len(GPU_END):]
+    elif body is None:
+        return
+    elif END in text:
+        head, tail = text[:text.index(END) + len(END)] + "\n\n", text[text.index(END) + len(END):]
+    else:
+        head, tail = text + ("\n" if text else ""), ""
+    tail = tail.lstrip("\n")
+    path.write_text(head + block + ("\n" + tail if block and tail else tail))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parent))
     doc = json.loads((RESULTS / "throughput.json").read_text())
     opt = optimisations(doc)
     (RESULTS / "optimisations.json").write_text(json.dumps(opt, indent=1))
     write_readme(HERE / "README.md", render_readme(doc, opt))
+    gpu = RESULTS / "throughput_gpu.json"
+    write_gpu_readme(HERE / "README.md", render_gpu(json.loads(gpu.read_text())) if gpu.exists() else None)
     print("rendered", HERE / "README.md")

@@ -3,6 +3,7 @@
     python -m benchmarks.throughput            # everything (what `make bench` runs)
     python -m benchmarks.throughput --quick    # 100 basins x 730 days only, fewer repeats
     python -m benchmarks.throughput --only 'hbv/jax' --shapes 671x730   # a subset
+    python -m benchmarks.throughput --device gpu   # on a GPU (the default when JAX has one)
 
 Every case runs in its own subprocess (a fresh peak-memory counter, its own XLA flags, and a
 crash or an out-of-memory kill costs one case, not the run). Each case reports compile time
@@ -10,6 +11,11 @@ crash or an out-of-memory kill costs one case, not the run). Each case reports c
 after two warm-up steps, component-days per second and peak memory. Results go to
 ``benchmarks/results/throughput.json`` (plus ``optimisations.json``) and the tables of
 ``benchmarks/README.md`` are rendered from that JSON by :func:`render_readme`.
+
+On a GPU (``--device gpu``; ``auto``, the default, picks it when ``nvidia-smi`` is there and JAX's
+default backend is a GPU) the JAX cases run on it and the PyTorch cases on CUDA, with shorter
+budgets and the GPU's own skips (:func:`_on_gpu`); results go to
+``benchmarks/results/throughput_gpu.json`` and to their own section of the README.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +39,13 @@ NMUL = 16
 WARMUP_DAYS = 365
 SHAPES = [(100, 730), (671, 730), (100, 5478), (671, 5478)]
 N_ATTR = 35
+# Defaults of the options that differ between the two kinds of run. A GPU run must fit one
+# device call (10 minutes with the machine's start): short budgets, a time limit for the run.
+DEFAULTS = {
+    "cpu": {"budget": 60.0, "timeout": 900.0, "max_wall": None, "out": RESULTS / "throughput.json"},
+    "gpu": {"budget": 10.0, "timeout": 120.0, "max_wall": 450.0, "out": RESULTS / "throughput_gpu.json"},
+}
+MIN_CASE_S = 15.0  # under --max-wall, a case is not started with less time than this left
 
 
 # ============================================================================ helpers (worker)
@@ -49,6 +63,38 @@ def _reset_peak() -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def _mem_start(torch_dev=None) -> int:
+    """Start a peak-memory measurement: reset the peak resident set (and PyTorch's CUDA peak
+    when ``torch_dev`` is a CUDA device); returns the resident set to measure the rise from."""
+    _reset_peak()
+    if torch_dev is not None and torch_dev.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(torch_dev)
+    return _proc_kib("VmRSS")
+
+
+def _mem_peak(rss0: int, torch_dev=None) -> dict:
+    """Peak memory since :func:`_mem_start`: ``peak_rss_gib``, the rise of the process's peak
+    resident set, and on a GPU ``peak_gpu_gib``. PyTorch (``torch_dev`` given): its allocator's
+    peak since the start. JAX (``torch_dev`` None): the device's ``peak_bytes_in_use``, which
+    XLA never resets, so it is the peak since the worker process started."""
+    out = {"peak_rss_gib": (_proc_kib("VmHWM") - rss0) / 2**20}
+    if torch_dev is not None:
+        if torch_dev.type == "cuda":
+            import torch
+
+            out["peak_gpu_gib"] = torch.cuda.max_memory_allocated(torch_dev) / 2**30
+        return out
+    import jax
+
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        out["peak_gpu_gib"] = stats["peak_bytes_in_use"] / 2**30
+    return out
 
 
 def _timeit(fn, *, repeats: int, budget_s: float, min_repeats: int, warmups: int = 2) -> list[float]:
@@ -191,16 +237,14 @@ def _jax_hbv(case: dict) -> dict:
         if mode == "fwd" and not case.get("with_fwd", True):
             continue
         jitted = jax.jit(fn)
-        _reset_peak()
-        rss0 = _proc_kib("VmRSS")
+        rss0 = _mem_start()
         t0 = time.perf_counter()
         compiled = jitted.lower(*args).compile()
         compile_s = time.perf_counter() - t0
         times = _timeit(lambda: jax.block_until_ready(compiled(*args)), repeats=case["repeats"],
                         budget_s=case["budget_s"], min_repeats=case["min_repeats"])
         mem = compiled.memory_analysis()
-        out[mode] = {"compile_s": compile_s, **_stats(times),
-                     "peak_rss_gib": (_proc_kib("VmHWM") - rss0) / 2**20,
+        out[mode] = {"compile_s": compile_s, **_stats(times), **_mem_peak(rss0),
                      "xla_buffers_gib": (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                          + mem.output_size_in_bytes) / 2**30}
     return out
@@ -240,8 +284,7 @@ def _jax_step(case: dict) -> dict:
                     jnp.asarray(np.nanstd(obs, axis=1)))
     key = jax.random.key(0)
     step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
-    _reset_peak()
-    rss0 = _proc_kib("VmRSS")
+    rss0 = _mem_start()
     t0 = time.perf_counter()
     lowered = step.lower(state, opt_state, 0, arrays, key)
     trace_s = time.perf_counter() - t0
@@ -264,8 +307,7 @@ def _jax_step(case: dict) -> dict:
                     min_repeats=case["min_repeats"])
     return {"fwd_bwd_update": {
         "trace_s": trace_s, "compile_s": compile_s, "first_call_s": first_call_s, **_stats(times),
-        "recompiles_after_first": int(step._cache_size()) - 1,
-        "peak_rss_gib": (_proc_kib("VmHWM") - rss0) / 2**20,
+        "recompiles_after_first": int(step._cache_size()) - 1, **_mem_peak(rss0),
         "xla_buffers_gib": (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                             + mem.output_size_in_bytes) / 2**30,
         "xla_flops_loop_bodies_once": float(cost.get("flops", 0.0)),
@@ -311,13 +353,23 @@ def _jax_lstm(case: dict) -> dict:
 # ============================================================================ PyTorch cases
 def _torch_setup(case: dict | None = None):
     """Threads: the case's ``torch_threads`` (the plan gives each baseline its faster setting:
-    1 for the elementwise-bound HBV loops, PyTorch's default for the matmul-bound LSTM)."""
+    1 for the elementwise-bound HBV loops, PyTorch's default for the matmul-bound LSTM; on CUDA
+    they only set the host side's threads)."""
     import torch
 
     torch.manual_seed(0)
     if case and case.get("torch_threads"):
         torch.set_num_threads(int(case["torch_threads"]))
     return torch
+
+
+def _torch_device(torch, case: dict):
+    """The case's device (``torch_device``: "cpu" unless the plan says "cuda") and a function
+    that waits for the work queued on it: every timed PyTorch call ends with it, so that CUDA
+    timings are of finished work, not of kernel launches."""
+    dev = torch.device(case.get("torch_device", "cpu"))
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    return dev, sync
 
 
 def _torch_hbv(case: dict) -> dict:
@@ -327,33 +379,34 @@ def _torch_hbv(case: dict) -> dict:
     from benchmarks import torch_ref
 
     b, t = case["B"], case["T"]
+    dev, sync = _torch_device(torch, case)
     f, _, _, obs = _forcing_numpy(b, t)
-    f = torch.from_numpy(np.ascontiguousarray(f.transpose(1, 0, 2)))
-    obs = torch.from_numpy(np.nan_to_num(obs, nan=1.0).T.copy())
+    f = torch.from_numpy(np.ascontiguousarray(f.transpose(1, 0, 2))).to(dev)
+    obs = torch.from_numpy(np.nan_to_num(obs, nan=1.0).T.copy()).to(dev)
     raw = torch.from_numpy(np.random.default_rng(1).normal(size=(b, 13 * NMUL)).astype(np.float32))
-    raw.requires_grad_(True)
+    raw = raw.to(dev).requires_grad_(True)
 
     def fwd():
         with torch.no_grad():
             torch_ref.hbv_loss(raw, f, obs, NMUL)
+        sync()
 
     def fwd_bwd():
         raw.grad = None
         torch_ref.hbv_loss(raw, f, obs, NMUL).backward()
+        sync()
 
     out = {}
     for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
         if mode == "fwd" and not case.get("with_fwd", True):
             continue
-        _reset_peak()
-        rss0 = _proc_kib("VmRSS")
+        rss0 = _mem_start(dev)
         t0 = time.perf_counter()
         fn()
         first = time.perf_counter() - t0
         times = _timeit(fn, repeats=case["repeats"], budget_s=case["budget_s"],
                         min_repeats=case["min_repeats"], warmups=1)
-        out[mode] = {"first_step_s": first, **_stats(times),
-                     "peak_rss_gib": (_proc_kib("VmHWM") - rss0) / 2**20}
+        out[mode] = {"first_step_s": first, **_stats(times), **_mem_peak(rss0, dev)}
     return out
 
 
@@ -379,15 +432,14 @@ def _dmg_hbv(case: dict) -> dict:
         q = out["streamflow"].reshape(t, b)
         torch.sqrt(((q - obs) ** 2).mean()).backward()
 
-    _reset_peak()
-    rss0 = _proc_kib("VmRSS")
+    cpu = torch.device("cpu")
+    rss0 = _mem_start(cpu)
     t0 = time.perf_counter()
     fwd_bwd()
     first = time.perf_counter() - t0
     times = _timeit(fwd_bwd, repeats=case["repeats"], budget_s=case["budget_s"],
                     min_repeats=case["min_repeats"], warmups=1)
-    return {"fwd_bwd": {"first_step_s": first, **_stats(times),
-                        "peak_rss_gib": (_proc_kib("VmHWM") - rss0) / 2**20}}
+    return {"fwd_bwd": {"first_step_s": first, **_stats(times), **_mem_peak(rss0, cpu)}}
 
 
 def _torch_step(case: dict) -> dict:
@@ -397,26 +449,29 @@ def _torch_step(case: dict) -> dict:
     from benchmarks import torch_ref
 
     b, t, net_name = case["B"], case["T"], case["net"]
+    dev, sync = _torch_device(torch, case)
     f, xd, xs, obs = _forcing_numpy(b, t)
     n_out = 13 * NMUL + 2
     if net_name == "mlp":
         net, dynamic = torch_ref.MLP(N_ATTR, n_out, 256), ()
     else:
         net, dynamic = torch_ref.LSTMNet(3, N_ATTR, n_out, case["hidden"]), ("beta", "betaet")
-    net.train()
+    net.to(dev).train()
     step = torch_ref.make_step(net, NMUL, dynamic, WARMUP_DAYS)
-    tm = lambda a: torch.from_numpy(np.ascontiguousarray(np.swapaxes(a, 0, 1)))
-    data = (tm(xd), torch.from_numpy(xs), tm(f), tm(obs))
-    run = lambda: step(*data)
-    _reset_peak()
-    rss0 = _proc_kib("VmRSS")
+    tm = lambda a: torch.from_numpy(np.ascontiguousarray(np.swapaxes(a, 0, 1))).to(dev)
+    data = (tm(xd), torch.from_numpy(xs).to(dev), tm(f), tm(obs))
+
+    def run():
+        step(*data)
+        sync()
+
+    rss0 = _mem_start(dev)
     t0 = time.perf_counter()
     run()
     first = time.perf_counter() - t0
     times = _timeit(run, repeats=case["repeats"], budget_s=case["budget_s"],
                     min_repeats=case["min_repeats"], warmups=1)
-    return {"fwd_bwd_update": {"first_step_s": first, **_stats(times),
-                               "peak_rss_gib": (_proc_kib("VmHWM") - rss0) / 2**20}}
+    return {"fwd_bwd_update": {"first_step_s": first, **_stats(times), **_mem_peak(rss0, dev)}}
 
 
 def _torch_lstm(case: dict) -> dict:
@@ -425,13 +480,15 @@ def _torch_lstm(case: dict) -> dict:
     from benchmarks import torch_ref
 
     b, t, h = case["B"], case["T"], case["hidden"]
-    net = torch_ref.LSTMNet(3, N_ATTR, 13 * NMUL + 2, h, dropout=0.0)
-    xd = torch.randn(t, b, 3)
-    xs = torch.randn(b, N_ATTR)
+    dev, sync = _torch_device(torch, case)
+    net = torch_ref.LSTMNet(3, N_ATTR, 13 * NMUL + 2, h, dropout=0.0).to(dev)
+    xd = torch.randn(t, b, 3).to(dev)
+    xs = torch.randn(b, N_ATTR).to(dev)
 
     def fn():
         net.zero_grad(set_to_none=True)
         (net(xd, xs) ** 2).mean().backward()
+        sync()
 
     t0 = time.perf_counter()
     fn()
@@ -444,20 +501,32 @@ def _torch_lstm(case: dict) -> dict:
 # ============================================================================ machine probes
 def _probe(case: dict) -> dict:
     """Matmul GFLOP/s, memory bandwidth and elementwise GFLOP/s of this machine (JAX, f32),
-    and the operation counts of one HBV day: in the source and in the compiled program."""
+    and the operation counts of one HBV day: in the source and in the compiled program.
+    On a GPU the sizes grow to fill it (and the matmul is also timed at bfloat16 and at
+    float32 with ``Precision.HIGHEST``: the default lets XLA use TF32)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    gpu = jax.default_backend() != "cpu"
     out = {}
-    n = 2048
+    n = 8192 if gpu else 2048
+
+    def matmul_gflops(x, **kw):
+        mm = jax.jit(lambda v: jnp.matmul(v, v, **kw))
+        ts = _timeit(lambda: jax.block_until_ready(mm(x)), repeats=10, budget_s=20, min_repeats=5)
+        return 2 * n**3 / np.median(ts) / 1e9
+
     a = jnp.ones((n, n), jnp.float32)
-    mm = jax.jit(lambda x: x @ x)
-    ts = _timeit(lambda: jax.block_until_ready(mm(a)), repeats=10, budget_s=20, min_repeats=5)
-    out["matmul_gflops"] = 2 * n**3 / np.median(ts) / 1e9
-    # Stream 256 MiB in place (donated): a fresh output buffer each call would measure the
-    # kernel's page faults on new memory instead (that figure is reported too).
-    hold = {"x": jnp.ones((64 * 2**20,), jnp.float32)}
+    out["matmul_gflops"] = matmul_gflops(a)
+    if gpu:
+        out["matmul_n"] = n
+        out["matmul_f32_highest_gflops"] = matmul_gflops(a, precision=jax.lax.Precision.HIGHEST)
+        out["matmul_bf16_gflops"] = matmul_gflops(a.astype(jnp.bfloat16))
+    # Stream a large buffer in place (donated): a fresh output buffer each call would measure
+    # the kernel's page faults on new memory instead (that figure is reported too).
+    stream_mib = 1024 if gpu else 256
+    hold = {"x": jnp.ones((stream_mib // 4 * 2**20,), jnp.float32)}
     cp = jax.jit(lambda v: v * 0.5 + 1.0, donate_argnums=0)
 
     def stream():
@@ -466,21 +535,34 @@ def _probe(case: dict) -> dict:
 
     ts = _timeit(stream, repeats=10, budget_s=20, min_repeats=5)
     out["mem_bandwidth_gbs"] = 2 * hold["x"].size * 4 / np.median(ts) / 1e9  # read + write
+    if gpu:
+        out["stream_mib"] = stream_mib
     fresh = jax.jit(lambda v: v * 0.5 + 1.0)
     x = hold["x"]
     ts = _timeit(lambda: jax.block_until_ready(fresh(x)), repeats=10, budget_s=20, min_repeats=5)
     out["fresh_buffer_gbs"] = 2 * x.size * 4 / np.median(ts) / 1e9
-    y = jnp.ones((2**18,), jnp.float32)  # 1 MiB: in cache; 64 dependent multiply-adds
+    # A chain of dependent multiply-adds, fused into one kernel: on the CPU 1 MiB (in cache)
+    # and 64 of them, on a GPU 64 MiB and 256 (enough arithmetic per byte to be compute-bound).
+    n_el, n_fma = (2**24, 256) if gpu else (2**18, 64)
+    y = jnp.ones((n_el,), jnp.float32)
 
     def chain(v):
-        for _ in range(64):
+        for _ in range(n_fma):
             v = v * 0.999 + 0.001
         return v
 
     ch = jax.jit(chain)
     ts = _timeit(lambda: jax.block_until_ready(ch(y)), repeats=20, budget_s=20, min_repeats=5)
-    out["elementwise_gflops"] = 128 * y.size / np.median(ts) / 1e9
-    return {"machine": out, "hbv_ops": _hbv_op_counts()}  # noqa
+    out["elementwise_gflops"] = 2 * n_fma * y.size / np.median(ts) / 1e9
+    if gpu:
+        out["elementwise_size_fmas"] = [n_el, n_fma]
+    res = {"machine": out}
+    try:  # parses XLA's compiled text, whose form differs between backends and versions
+        res["hbv_ops"] = _hbv_op_counts()
+    except Exception as e:  # noqa: BLE001 - a probe that cannot parse records why, not crashes
+        res["hbv_ops"] = None
+        res["hbv_ops_error"] = f"{type(e).__name__}: {e}"
+    return res
 
 
 _ARITH = {"add", "sub", "mul", "div", "max", "min", "pow", "exp", "log", "neg", "gt", "lt", "ge",
@@ -489,9 +571,42 @@ _ARITH = {"add", "sub", "mul", "div", "max", "min", "pow", "exp", "log", "neg", 
           "compare", "select", "negate"}
 
 
-def _hbv_op_counts() -> dict:
-    import re
+# "%name = TYPE op(...)": TYPE is a tuple "(f32[..], ..)" for a multi-output fusion (GPU).
+_HLO_INSTR = re.compile(r"\s*(?:ROOT )?%\S+ = (?:\(.*?\)|\S+) ([\w-]+)\(")
+_FUSION = ("fusion", "fusion-start")  # fusion-start: an asynchronous fusion (GPU)
 
+
+def _loop_body_counts(hlo: str) -> list[tuple[int, int]]:
+    """For each while loop of an optimised HLO module: the elementwise operations executed
+    by its body (inside its fusions) and the number of fusions (kernels) it launches."""
+    comps = {c.split(" ")[0]: c for c in re.split(r"\n(?=%|ENTRY)", hlo)}
+
+    def instrs(name):
+        for line in comps.get(name, "").split("\n")[1:]:
+            m = _HLO_INSTR.match(line)
+            if m:
+                yield m.group(1), line
+
+    def ops(name):
+        n = 0
+        for op, line in instrs(name):
+            if op in _FUSION:
+                cm = re.search(r"calls=(%[^,\s]+)", line)
+                n += ops(cm.group(1)) if cm else 0
+            elif op in _ARITH:
+                n += 1
+        return n
+
+    bodies = []
+    for line in hlo.split("\n"):
+        m = re.search(r" while\(.*body=(%[^,\s]+)", line)
+        if m:
+            body = m.group(1)
+            bodies.append((ops(body), sum(op in _FUSION for op, _ in instrs(body))))
+    return bodies
+
+
+def _hbv_op_counts() -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -515,28 +630,7 @@ def _hbv_op_counts() -> dict:
     def loss(pp):
         return jnp.mean(model.simulate(pp, Forcing(f, f, f))[0]["q"] ** 2)
 
-    txt = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
-    comps = {c.split(" ")[0]: c for c in re.split(r"\n(?=%|ENTRY)", txt)}
-
-    def ops(name):
-        n = 0
-        for line in comps.get(name, "").split("\n")[1:]:
-            m = re.match(r"\s*(?:ROOT )?%\S+ = \S+ (\S+)\(", line)
-            if not m:
-                continue
-            if m.group(1) == "fusion":
-                cm = re.search(r"calls=(%[^,\s]+)", line)
-                n += ops(cm.group(1)) if cm else 0
-            elif m.group(1) in _ARITH:
-                n += 1
-        return n
-
-    bodies = []
-    for line in txt.split("\n"):
-        m = re.search(r" while\(.*body=(%[^,\s]+)", line)
-        if m:
-            kernels = len(re.findall(r" fusion\(", comps[m.group(1)]))
-            bodies.append((ops(m.group(1)), kernels))
+    bodies = _loop_body_counts(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
     # The forward body comes first in the program; the adjoint's is the larger one.
     bodies = [bd for bd in bodies if bd[0] > 0]
     fwd_b = min(bodies) if bodies else (None, None)
@@ -621,20 +715,74 @@ def plan(args) -> list[dict]:
     if args.only:
         rx = re.compile(args.only)
         cases = [c for c in cases if c["kind"] == "probe" or rx.search(case_name(c))]
+    if args.device == "gpu":
+        cases = sorted(map(_on_gpu, cases), key=_gpu_priority)
     return cases
 
 
-def run_case(case: dict, timeout: float) -> dict:
+def _on_gpu(case: dict) -> dict:
+    """A case of the plan as the GPU run does it: PyTorch on CUDA, and the GPU run's own skips
+    in place of the CPU's (those are about 24 GiB of RAM and 2 cores). PyTorch's HBV loop is
+    bound by kernel launches there (seconds a step at 730 days, whatever the basins), so its
+    cases time the forward + backward only, at least 3 steps, only at 730 days, and its
+    training step at the training batch (100 x 730) only."""
+    c = dict(case, skip=None)
+    long = c["T"] > 730
+    if c["fw"] in ("torch", "torch_mt"):
+        c.update(torch_device="cuda", min_repeats=min(c["min_repeats"], 3))
+        if c["kind"] == "hbv":
+            c["with_fwd"] = False
+    if c["fw"] == "jax_sharded":
+        c["skip"] = ("shards basins over host CPU devices (--xla_force_host_platform_device_count); "
+                     "one GPU here")
+    elif c["fw"] == "torch_mt":
+        c["skip"] = "PyTorch's thread count only matters on the CPU; here PyTorch runs on CUDA"
+    elif c["fw"] == "dmg":
+        c["skip"] = "dmg's HBV runs on the CPU as written (device='cpu'): CPU section only"
+    elif c["fw"] == "jax_user_vmap":
+        c["skip"] = ("on the GPU compared with HBV.simulate inside hbv/jax at 730 days "
+                     "(interleaved in one process)")
+    elif c["fw"] in ("jax_naive", "jax_naive_remat") and long:
+        c["skip"] = "the GPU run measures the before/after of the adjoint at 730 days (run time limit)"
+    elif c["kind"] == "hbv" and c["fw"] == "torch" and long:
+        c["skip"] = ("PyTorch's HBV on CUDA is launch-bound, its time per day does not depend on "
+                     "the length: timed at 730 days (a 5478-day step takes a large part of the "
+                     "run's time limit)")
+    elif c["kind"] == "step" and long:
+        c["skip"] = ("the GPU run times training steps at 730 days, the training shape "
+                     "(365-day warm-up + 365-day window; run time limit)")
+    elif c["kind"] == "step" and c["fw"] == "torch" and c["B"] > 100:
+        c["skip"] = ("PyTorch's step on CUDA is bound by kernel launches, not by the basins (see "
+                     "HBV alone at 100 and 671 basins): timed at 100 x 730, the training batch "
+                     "(run time limit)")
+    return c
+
+
+def _gpu_priority(case: dict) -> int:
+    """Run order on a GPU, where ``--max-wall`` may cut the end of the run: the probe, the
+    headline comparisons (HBV alone, the training step), then the LSTM alone and the
+    before/after variants. ``sorted`` keeps the plan's order within each group."""
+    name = case_name(case)
+    order = ("probe", "hbv/jax/", "hbv/torch/", "step/", "lstm/")
+    return next((i for i, pre in enumerate(order) if name.startswith(pre)), len(order))
+
+
+def _worker_env(devices: int = 1) -> dict:
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if case.get("devices", 1) > 1:
+    if devices > 1:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                            f" --xla_force_host_platform_device_count={case['devices']}").strip()
+                            f" --xla_force_host_platform_device_count={devices}").strip()
+    return env
+
+
+def run_case(case: dict, timeout: float) -> dict:
     t0 = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--worker", json.dumps(case)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                           cwd=ROOT, env=_worker_env(case.get("devices", 1)), capture_output=True,
+                           text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
@@ -664,16 +812,78 @@ def _note_busy(seen: dict) -> None:
         seen[key] = max(seen.get(key, 0.0), cpu)
 
 
-def _versions() -> dict:
+def _version(pkg: str) -> str | None:
     from importlib import metadata
 
-    out = {}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "dmg", "hydrodl2"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _versions() -> dict:
+    return {pkg: _version(pkg) for pkg in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "dmg",
+                                           "hydrodl2")}
+
+
+def _gpu_versions() -> dict:
+    """The CUDA side of a GPU run: JAX's CUDA plugin, PyTorch's CUDA and cuDNN."""
+    out = {pkg: v for pkg in ("jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin",
+                              "jax-cuda12-pjrt") if (v := _version(pkg))}
+    try:
+        import torch
+
+        out["torch_cuda"] = torch.version.cuda
+        out["cudnn"] = torch.backends.cudnn.version()
+    except ImportError:
+        pass
     return out
+
+
+def _jax_backend() -> dict:
+    """JAX's default backend and first device, asked in a subprocess: the driver itself never
+    starts a device, so that each case has it to itself."""
+    code = ("import jax, json; d = jax.devices()[0]; print(json.dumps({'backend': "
+            "jax.default_backend(), 'device_kind': d.device_kind, 'device_count': jax.device_count()}))")
+    try:
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_worker_env(), capture_output=True,
+                           text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"backend": None, "error": str(e)}
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"backend": None, "error": " | ".join(p.stderr.strip().splitlines()[-2:])}
+
+
+def resolve_device(choice: str) -> tuple[str, dict | None]:
+    """``--device``: "cpu", "gpu", or "auto": a GPU when ``nvidia-smi`` is on the PATH and JAX's
+    default backend is "gpu". Returns the device and, unless it is a plain CPU run, what JAX
+    reported. A forced "gpu" where JAX has none runs the GPU plan with JAX on its backend (to
+    try the GPU code path); the document records that backend."""
+    if choice == "cpu" or (choice == "auto" and shutil.which("nvidia-smi") is None):
+        return "cpu", None
+    info = _jax_backend()
+    if choice == "auto":
+        return ("gpu" if info.get("backend") == "gpu" else "cpu"), info
+    return "gpu", info
+
+
+def _accelerator(jax_info: dict) -> tuple[str, list[str]]:
+    """The GPU in words (nvidia-smi's name, memory and driver, else JAX's device kind) and
+    nvidia-smi's lines."""
+    lines: list[str] = []
+    if shutil.which("nvidia-smi"):
+        try:
+            lines = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                    "--format=csv,noheader"], capture_output=True, text=True,
+                                   timeout=30).stdout.strip().splitlines()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    parts = [x.strip() for x in lines[0].split(",")] if lines else []
+    if len(parts) == 3:
+        return f"{parts[0]} ({parts[1]}, driver {parts[2]})", lines
+    return f"{jax_info.get('device_kind')} (JAX device kind; backend {jax_info.get('backend')})", lines
 
 
 def _machine() -> dict:
@@ -709,9 +919,11 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
     except OSError:
         return None
+    if out.returncode != 0:  # not a git checkout (a copy of the tree): see --commit
+        return None
+    return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
 def _dmg_status() -> tuple[bool, str]:
@@ -727,26 +939,44 @@ def _dmg_status() -> tuple[bool, str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                    help="where the cases run; auto (default): a GPU when nvidia-smi is there and "
+                    "JAX's default backend is a GPU, else the CPU")
     ap.add_argument("--quick", action="store_true", help="100 x 730 only, 10 repeats")
     ap.add_argument("--shapes", help="comma-separated BxT, e.g. 100x730,671x730")
     ap.add_argument("--only", help="regex on case names, e.g. 'hbv/(jax|torch)/'")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps per case (median)")
-    ap.add_argument("--budget", type=float, default=60.0, help="seconds of timed steps per case "
-                    "before stopping early (never under 10 steps for JAX and 100 x 730 cases)")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
-    ap.add_argument("--out", default=str(RESULTS / "throughput.json"))
+    ap.add_argument("--budget", type=float, help="seconds of timed steps per case before stopping "
+                    "early (never under 10 steps for JAX and 100 x 730 cases); default 60, on a GPU 10")
+    ap.add_argument("--timeout", type=float, help="seconds per case; default 900, on a GPU 120")
+    ap.add_argument("--max-wall", type=float, help="start no case once the run has taken this many "
+                    "seconds (the rest are recorded as skipped); default none, on a GPU 450")
+    ap.add_argument("--out", help="default results/throughput.json, on a GPU results/throughput_gpu.json")
+    ap.add_argument("--commit", help="the commit to record, for a copy of the tree that is not a "
+                    "git checkout (default: git rev-parse HEAD)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     args = ap.parse_args(argv)
     if args.worker:
         worker_main(args.worker)
         return {}
+    args.device, jax_info = resolve_device(args.device)
+    gpu = args.device == "gpu"
+    for k, v in DEFAULTS[args.device].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     try:
-        import torch  # noqa: F401
+        import torch
         torch_ok, torch_why = True, "installed"
+        if gpu and not torch.cuda.is_available():
+            torch_ok, torch_why = False, f"torch {torch.__version__} has no CUDA device here"
     except ImportError:
         torch_ok, torch_why = False, "torch is not installed (pip install -e '.[bench]')"
     dmg_ok, dmg_why = _dmg_status()
     cases = plan(args)
+    if gpu:
+        accelerator, smi = _accelerator(jax_info)
+        print(f"GPU run: {accelerator}; JAX backend {jax_info.get('backend')}; {len(cases)} cases, "
+              f"at most {args.max_wall:.0f} s", flush=True)
     busy: dict = {}
     _note_busy(busy)
     t_run = time.perf_counter()
@@ -759,18 +989,23 @@ def main(argv=None) -> dict:
             skip = torch_why
         if c["fw"] == "dmg" and not dmg_ok:
             skip = dmg_why
+        timeout = args.timeout
+        if args.max_wall is not None and not skip:
+            timeout = min(timeout, args.max_wall - (time.perf_counter() - t_run))
+            if timeout < MIN_CASE_S:
+                skip = f"the run reached its time limit (--max-wall {args.max_wall:.0f} s)"
         entry = {"name": name, **{k: v for k, v in c.items() if k != "skip"}}
         if skip:
             entry["skipped"] = skip
             print(f"[{i + 1}/{len(cases)}] {name}: skipped ({skip})", flush=True)
         else:
             entry["load_before"] = os.getloadavg()
-            r = run_case(c, args.timeout)
+            r = run_case(c, timeout)
             entry.update(r)
             entry["load_after"] = os.getloadavg()
             summary = r.get("error") or ", ".join(
-                f"{m} {v['median_s']:.4g} s" for m, v in r["result"].items() if "median_s" in v) \
-                or json.dumps(r["result"])
+                f"{m} {v['median_s']:.4g} s" for m, v in r["result"].items()
+                if isinstance(v, dict) and "median_s" in v) or json.dumps(r["result"])
             print(f"[{i + 1}/{len(cases)}] {name}: {summary}  ({r['wall_s']:.0f} s)", flush=True)
         results.append(entry)
         _note_busy(busy)
@@ -779,7 +1014,7 @@ def main(argv=None) -> dict:
                 "training step; float32; nmul=16; medians of steady-state steps after 2 warm-ups",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv[1:] if argv is None else list(argv),
-        "git_commit": _git_commit(),
+        "git_commit": args.commit or _git_commit(),
         "machine": _machine(),
         "accelerator": "none: this task has no GPU, every number is from the CPU",
         "versions": _versions(),
@@ -796,6 +1031,21 @@ def main(argv=None) -> dict:
         "other_processes": [f"{cmd} (up to {cpu:.0f}% CPU)" for cmd, cpu in busy.items()],
         "cases": results,
     }
+    if gpu:
+        doc.update({
+            "what": "dpljax throughput vs plain PyTorch on one GPU (JAX on it, PyTorch on CUDA): "
+                    "HBV alone and the full dPL training step; float32; nmul=16; medians of "
+                    "steady-state steps after 2 warm-ups, each ended by block_until_ready / "
+                    "torch.cuda.synchronize",
+            "device": "gpu",
+            "accelerator": accelerator,
+            "nvidia_smi": smi,
+            "jax_backend": jax_info,
+            "versions": {**_versions(), **_gpu_versions()},
+            "torch_threads": {"default": _torch_threads(), "policy": "as on the CPU, but PyTorch "
+                              "runs on CUDA: the thread count only sets its host-side work"},
+            "limits": {"budget_s": args.budget, "timeout_s": args.timeout, "max_wall_s": args.max_wall},
+        })
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and (args.only or args.shapes or args.quick):
@@ -808,10 +1058,14 @@ def main(argv=None) -> dict:
         doc = dict(old, cases=[r for r in old.get("cases", []) if r["name"] not in names] + results,
                    partial_updates=old.get("partial_updates", []) + [update])
     out.write_text(json.dumps(doc, indent=1))
-    opt = optimisations(doc)
-    (out.parent / "optimisations.json").write_text(json.dumps(opt, indent=1))
-    if not args.no_readme:
-        write_readme(HERE / "README.md", render_readme(doc, opt))
+    if gpu:  # its own README section; optimisations.json stays the CPU run's
+        if not args.no_readme:
+            write_gpu_readme(HERE / "README.md", render_gpu(doc))
+    else:
+        opt = optimisations(doc)
+        (out.parent / "optimisations.json").write_text(json.dumps(opt, indent=1))
+        if not args.no_readme:
+            write_readme(HERE / "README.md", render_readme(doc, opt))
     print(f"wrote {out} ({doc['wall_time_s']:.0f} s)")
     return doc
 
@@ -826,7 +1080,8 @@ def _torch_threads():
 
 
 # ============================================================================ reporting
-from benchmarks.report import optimisations, render_readme, write_readme  # noqa: E402
+from benchmarks.report import (optimisations, render_gpu, render_readme, write_gpu_readme,  # noqa: E402
+                               write_readme)
 
 if __name__ == "__main__":
     main()

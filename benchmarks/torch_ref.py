@@ -4,6 +4,7 @@ Written from the equations of DESIGN.md ("HBV as this project implements it"), i
 order as ``dpljax.models.hbv.step``; it is *not* a port of any published dPL code. It is the
 straightforward way to write the model in PyTorch: a Python loop over days on ``(B, nmul)``
 tensors, autograd through the whole loop, ``torch.nn.LSTM`` for g_z, ``torch.optim.Adam``.
+Every tensor it creates follows the device of its inputs (CPU or CUDA).
 ``tests/test_perf_torch_reference.py`` checks it against ``dpljax`` (when torch is installed),
 so both sides of the benchmark compute the same numbers.
 """
@@ -27,7 +28,7 @@ def hbv(p: dict, prcp, tmean, pet, nmul: int):
     """HBV over ``T`` days. ``p[name]``: ``(B, nmul)`` static or ``(T, B, nmul)`` dynamic;
     forcing ``(T, B)``. Returns the component-averaged runoff ``q`` ``(T, B)``."""
     n_t, b = prcp.shape
-    s = torch.full((b, nmul), 0.001, dtype=prcp.dtype)
+    s = torch.full((b, nmul), 0.001, dtype=prcp.dtype, device=prcp.device)
     snowpack = meltwater = sm = suz = slz = s
     qs = []
     for t in range(n_t):
@@ -73,7 +74,7 @@ def route(q, route_a, route_b):
     """Gamma unit hydrograph (DESIGN.md step 7): ``q (T, B)``, parameters ``(B,)``."""
     alpha = torch.relu(route_a) + 0.1
     theta = torch.relu(route_b) + 0.5
-    t = torch.arange(N_TAPS, dtype=q.dtype) + 0.5
+    t = torch.arange(N_TAPS, dtype=q.dtype, device=q.device) + 0.5
     w = torch.softmax((alpha[:, None] - 1.0) * torch.log(t) - t / theta[:, None], dim=-1)  # (B, n)
     qp = torch.nn.functional.pad(q.T, (N_TAPS - 1, 0))  # (B, T + n - 1)
     n_t = q.shape[0]
@@ -157,7 +158,7 @@ def make_step(net, nmul: int, dynamic, warmup: int, lr: float = 1e-3):
 
 def hbv_loss(raw, forcing, obs, nmul: int):
     """HBV alone: RMSE of the component-averaged runoff, ``raw (B, 13 * nmul)``."""
-    p, _ = scale(torch.cat([raw, torch.zeros(raw.shape[0], 2)], dim=1), nmul)
+    p, _ = scale(torch.cat([raw, raw.new_zeros(raw.shape[0], 2)], dim=1), nmul)
     q = hbv(p, forcing[..., 0], forcing[..., 1], forcing[..., 2], nmul)
     return torch.sqrt(((q - obs) ** 2).mean())
 
