@@ -147,7 +147,7 @@ def acceptance(doc) -> list[dict]:
                     "measured": f"{m:.1f} M/s ({nb['median_s']:.3f} s)", "pass": m >= 25})
         if sh:
             m2 = _mcd(671, 730, sh["median_s"])
-            out.append({"point": "  same, basins sharded over the 2 cores (2 host devices)",
+            out.append({"point": "  same, basins sharded over the 2 cores (2 host devices, as train.devices=2)",
                         "measured": f"{m2:.1f} M/s ({sh['median_s']:.3f} s)", "pass": m2 >= 25})
         tm = _get(doc, "hbv/torch_mt/671x730", "fwd_bwd")
         if tb:  # against PyTorch's faster thread setting of the two
@@ -191,14 +191,20 @@ def acceptance(doc) -> list[dict]:
             out.append({"point": f"dPL step 100x730, {net}: >= {need:g}x plain PyTorch",
                         "measured": f"{r:.2f}x ({t['median_s']:.3f} s vs {j['median_s']:.3f} s)",
                         "pass": r >= need})
+            sh = _get(doc, f"step/jax_sharded/{net}/100x730", "fwd_bwd_update")
+            if sh:
+                r2 = t["median_s"] / sh["median_s"]
+                out.append({"point": "  same, train.devices=2 (basins over the 2 cores)",
+                            "measured": f"{r2:.2f}x ({t['median_s']:.3f} s vs {sh['median_s']:.3f} s)",
+                            "pass": r2 >= need})
     comp = [(c["name"], c["result"]["fwd_bwd_update"]["compile_s"]) for c in doc["cases"]
-            if c["name"].startswith("step/jax/") and "result" in c]
+            if c["name"].startswith(("step/jax/", "step/jax_sharded/")) and "result" in c]
     if comp:
         worst = max(comp, key=lambda x: x[1])
         out.append({"point": "train-step compile time <= 20 s (worst case of the run)",
                     "measured": f"{worst[1]:.1f} s ({worst[0]})", "pass": worst[1] <= 20})
         rec = [c["result"]["fwd_bwd_update"]["recompiles_after_first"] for c in doc["cases"]
-               if c["name"].startswith("step/jax/") and "result" in c]
+               if c["name"].startswith(("step/jax/", "step/jax_sharded/")) and "result" in c]
         out.append({"point": "no recompilation after the first step (also tests/test_perf_no_recompile.py)",
                     "measured": f"{max(rec)} extra compilations", "pass": max(rec) == 0})
     return out
@@ -252,12 +258,16 @@ def _hbv_detail(doc, mem=("peak_rss_gib", "peak RSS")) -> list[str]:
 
 
 def _step_table(doc, mem=("peak_rss_gib", "peak RSS")) -> list[str]:
-    lines = ["| net | B x T | dpljax step (s) | compile (s) | PyTorch step (s) | speed-up | "
-             f"M component-days/s (dpljax) | {mem[1]} dpljax / PyTorch (GiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """One row per net and shape; a column for ``train.devices=2`` when the run has it."""
+    sharded = any(n.startswith("step/jax_sharded/") and "result" in c for n, c in _cases(doc).items())
+    head = ["net", "B x T", "dpljax step (s)", "compile (s)", "PyTorch step (s)", "speed-up"]
+    if sharded:
+        head += ["dpljax, train.devices=2 (s)", "speed-up"]
+    head += ["M component-days/s (dpljax)", f"{mem[1]} dpljax / PyTorch (GiB)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for net in ("mlp", "lstm64", "lstm256"):
         for b, t in SHAPES:
-            nj, nt = f"step/jax/{net}/{b}x{t}", f"step/torch/{net}/{b}x{t}"
+            nj, nt, ns = (f"step/{fw}/{net}/{b}x{t}" for fw in ("jax", "torch", "jax_sharded"))
             j = _get(doc, nj, "fwd_bwd_update")
             p = _get(doc, nt, "fwd_bwd_update")
             if nj not in _cases(doc) and nt not in _cases(doc):
@@ -266,9 +276,13 @@ def _step_table(doc, mem=("peak_rss_gib", "peak RSS")) -> list[str]:
                      _t(j["median_s"]) if j else _why(doc, nj),
                      _t(j["compile_s"]) if j else "-",
                      _t(p["median_s"]) if p else _why(doc, nt),
-                     f"{p['median_s'] / j['median_s']:.2f}x" if (j and p) else "-",
-                     f"{_mcd(b, t, j['median_s']):.1f}" if j else "-",
-                     f"{_t(j.get(mem[0])) if j else '-'} / {_t(p.get(mem[0])) if p else '-'}"]
+                     f"{p['median_s'] / j['median_s']:.2f}x" if (j and p) else "-"]
+            if sharded:
+                sh = _get(doc, ns, "fwd_bwd_update")
+                cells += [_t(sh["median_s"]) if sh else "-",
+                          f"{p['median_s'] / sh['median_s']:.2f}x" if (sh and p) else "-"]
+            cells += [f"{_mcd(b, t, j['median_s']):.1f}" if j else "-",
+                      f"{_t(j.get(mem[0])) if j else '-'} / {_t(p.get(mem[0])) if p else '-'}"]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -277,11 +277,17 @@ def _jax_step(case: dict) -> dict:
         net = LSTM(3, N_ATTR, space.n_outputs, hidden=case["hidden"], dropout=0.5, rngs=nnx.Rngs(0))
     dpl = DPL(model, space)
     tx = optax.adam(1e-3)
-    cfg = TrainConfig(batch_basins=b, window=t - WARMUP_DAYS, warmup=WARMUP_DAYS, progress=False)
+    n_dev = case.get("devices", 1)  # train.devices: the batch's basins split over host devices
+    cfg = TrainConfig(batch_basins=b, window=t - WARMUP_DAYS, warmup=WARMUP_DAYS, progress=False,
+                      devices=n_dev)
     graphdef, state = nnx.split(net)
     opt_state = tx.init(state)
     arrays = Arrays(jnp.asarray(f), jnp.asarray(xd), jnp.asarray(xs), jnp.asarray(obs),
                     jnp.asarray(np.nanstd(obs, axis=1)))
+    if n_dev > 1:  # as dpljax.train.fit does
+        from dpljax.parallel import basin_mesh, replicate
+
+        arrays, state, opt_state = replicate((arrays, state, opt_state), basin_mesh(n_dev))
     key = jax.random.key(0)
     step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
     rss0 = _mem_start()
@@ -646,7 +652,7 @@ def _hbv_op_counts() -> dict:
 WORKERS = {("hbv", "jax"): _jax_hbv, ("hbv", "jax_sharded"): _jax_hbv,
            ("hbv", "jax_user_vmap"): _jax_hbv, ("hbv", "jax_naive"): _jax_hbv,
            ("hbv", "jax_naive_remat"): _jax_hbv, ("hbv", "torch"): _torch_hbv, ("hbv", "torch_mt"): _torch_hbv,
-           ("hbv", "dmg"): _dmg_hbv, ("step", "jax"): _jax_step, ("step", "torch"): _torch_step,
+           ("hbv", "dmg"): _dmg_hbv, ("step", "jax"): _jax_step, ("step", "jax_sharded"): _jax_step, ("step", "torch"): _torch_step,
            ("lstm", "jax"): _jax_lstm, ("lstm", "jax_autodiff"): _jax_lstm, ("lstm", "torch"): _torch_lstm, ("probe", "jax"): _probe}
 
 
@@ -701,12 +707,15 @@ def plan(args) -> list[dict]:
                 skip = "LSTM-256 over this shape takes minutes per step in both frameworks"
             if net == "lstm64" and b > 100 and long:
                 skip = "LSTM-64 over 671 x 5478 takes minutes per step in PyTorch"
-            for fw in ("jax", "torch"):
+            for fw in ("jax", "jax_sharded", "torch"):
                 s = skip
                 if fw == "torch" and net == "mlp" and b > 100 and long:
                     s = "autograd graph of 671 x 5478 x 16 component-days needs > 10 GiB"
+                if fw == "jax_sharded" and (b, t) != (100, 730):
+                    s = "train.devices=2 is timed at the training batch (100 x 730) only"
                 cases.append({"kind": "step", "fw": fw, "net": net, "hidden": h, "B": b, "T": t,
                               **(slow if (long or big) else rep), "skip": s,
+                              **({"devices": 2} if fw == "jax_sharded" else {}),
                               **({"torch_threads": 1 if net == "mlp" else 0} if fw == "torch" else {})})
         if (b, t) == (100, 730):
             for h in (64, 256):
