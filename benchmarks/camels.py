@@ -117,18 +117,26 @@ ANCHORS = {  # published medians on the same splits (test NSE); first matching p
 BEGIN, END = "<!-- camels:begin -->", "<!-- camels:end -->"
 
 
+def _trained_on(rec: dict) -> str:
+    devices = rec.get("devices") or []
+    if any(str(d).startswith(("cuda", "gpu")) for d in devices):
+        return "1 GPU (H100)" if "H100" in rec.get("machine", "") else "1 GPU"
+    cores = rec.get("machine", "").split(" cpus")[0].split()[-1] if " cpus" in rec.get("machine", "") else "?"
+    return f"{cores}-core CPU"
+
+
 def table() -> str:
     """Markdown table of every recorded CAMELS run, rendered from results/camels*.json."""
-    rows = ["| experiment | basins | median NSE | mean NSE | median KGE | steps | train wall time | "
+    rows = ["| experiment | basins | median NSE | mean NSE | median KGE | steps | train wall time | trained on | "
             "reproduced by `dpljax evaluate` | published anchor |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for f in sorted(RESULTS.glob("camels*.json")):
         r = json.loads(f.read_text())
         anchor = next((v for k, v in ANCHORS.items() if r["experiment"].startswith(k)), "")
         rep = r.get("reproduced_abs_diff")
         rows.append(f"| {r['experiment']} | {r['n_basins']} | {r['median_nse']:.3f} | {r['mean_nse']:.3f} | "
                     f"{r['median_kge']:.3f} | {r.get('steps') or ''} | "
-                    f"{(r.get('train_wall_time_s') or 0) / 60:.1f} min | "
+                    f"{(r.get('train_wall_time_s') or 0) / 60:.1f} min | {_trained_on(r)} | "
                     f"{'' if rep is None else f'abs. diff {rep:.1e}'} | {anchor} |")
     return "\n".join(rows)
 
