@@ -263,6 +263,7 @@ def _jax_step(case: dict) -> dict:
     from dpljax.models import HBV
     from dpljax.models.routing import BOUNDS as RB
     from dpljax.nets import LSTM, MLP
+    from dpljax.parallel import replicate
     from dpljax.params import ParameterSpace
     from dpljax.train import TrainConfig, make_train_step
 
@@ -284,10 +285,7 @@ def _jax_step(case: dict) -> dict:
     opt_state = tx.init(state)
     arrays = Arrays(jnp.asarray(f), jnp.asarray(xd), jnp.asarray(xs), jnp.asarray(obs),
                     jnp.asarray(np.nanstd(obs, axis=1)))
-    if n_dev > 1:  # as dpljax.train.fit does
-        from dpljax.parallel import basin_mesh, replicate
-
-        arrays, state, opt_state = replicate((arrays, state, opt_state), basin_mesh(n_dev))
+    arrays, state, opt_state = replicate((arrays, state, opt_state), n_dev)  # as fit does
     key = jax.random.key(0)
     step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
     rss0 = _mem_start()
@@ -378,6 +376,18 @@ def _torch_device(torch, case: dict):
     return dev, sync
 
 
+def _time_torch(fn, case: dict, dev) -> dict:
+    """A PyTorch case's measurement of ``fn`` (which ends by waiting for its device): the first
+    call, then one warm-up and the timed calls, and the peak memory over all of them."""
+    rss0 = _mem_start(dev)
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = _timeit(fn, repeats=case["repeats"], budget_s=case["budget_s"],
+                    min_repeats=case["min_repeats"], warmups=1)
+    return {"first_step_s": first, **_stats(times), **_mem_peak(rss0, dev)}
+
+
 def _torch_hbv(case: dict) -> dict:
     torch = _torch_setup(case)
     import numpy as np
@@ -406,13 +416,7 @@ def _torch_hbv(case: dict) -> dict:
     for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
         if mode == "fwd" and not case.get("with_fwd", True):
             continue
-        rss0 = _mem_start(dev)
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-        times = _timeit(fn, repeats=case["repeats"], budget_s=case["budget_s"],
-                        min_repeats=case["min_repeats"], warmups=1)
-        out[mode] = {"first_step_s": first, **_stats(times), **_mem_peak(rss0, dev)}
+        out[mode] = _time_torch(fn, case, dev)
     return out
 
 
@@ -438,14 +442,7 @@ def _dmg_hbv(case: dict) -> dict:
         q = out["streamflow"].reshape(t, b)
         torch.sqrt(((q - obs) ** 2).mean()).backward()
 
-    cpu = torch.device("cpu")
-    rss0 = _mem_start(cpu)
-    t0 = time.perf_counter()
-    fwd_bwd()
-    first = time.perf_counter() - t0
-    times = _timeit(fwd_bwd, repeats=case["repeats"], budget_s=case["budget_s"],
-                    min_repeats=case["min_repeats"], warmups=1)
-    return {"fwd_bwd": {"first_step_s": first, **_stats(times), **_mem_peak(rss0, cpu)}}
+    return {"fwd_bwd": _time_torch(fwd_bwd, case, torch.device("cpu"))}
 
 
 def _torch_step(case: dict) -> dict:
@@ -471,13 +468,7 @@ def _torch_step(case: dict) -> dict:
         step(*data)
         sync()
 
-    rss0 = _mem_start(dev)
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
-    times = _timeit(run, repeats=case["repeats"], budget_s=case["budget_s"],
-                    min_repeats=case["min_repeats"], warmups=1)
-    return {"fwd_bwd_update": {"first_step_s": first, **_stats(times), **_mem_peak(rss0, dev)}}
+    return {"fwd_bwd_update": _time_torch(run, case, dev)}
 
 
 def _torch_lstm(case: dict) -> dict:
@@ -496,12 +487,7 @@ def _torch_lstm(case: dict) -> dict:
         (net(xd, xs) ** 2).mean().backward()
         sync()
 
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    times = _timeit(fn, repeats=case["repeats"], budget_s=case["budget_s"],
-                    min_repeats=case["min_repeats"], warmups=1)
-    return {"fwd_bwd": {"first_step_s": first, **_stats(times)}}
+    return {"fwd_bwd": _time_torch(fn, case, dev)}
 
 
 # ============================================================================ machine probes

@@ -43,9 +43,10 @@ def basin_mesh(n: int) -> Mesh:
     return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=devices[:n])
 
 
-def replicate(tree, mesh: Mesh):
-    """Place every array of ``tree`` on all devices of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+def replicate(tree, n: int):
+    """Place every array of ``tree`` on the first ``n`` devices, as ``train.devices=n`` trains
+    (``tree`` unchanged for ``n == 1``)."""
+    return jax.device_put(tree, NamedSharding(basin_mesh(n), P())) if n > 1 else tree
 
 
 def shard_basins(tree, mesh: Mesh):

@@ -20,7 +20,7 @@ from typing import Callable
 import optax
 
 
-def _check(name: str, warmup: float, final: float) -> None:
+def _check(warmup: float, final: float) -> None:
     for key, v in (("warmup", warmup), ("final", final)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"optim.schedule.{key} must be a number, got {v!r}")
@@ -32,7 +32,7 @@ def _check(name: str, warmup: float, final: float) -> None:
 
 def cosine(lr: float, total: int, *, warmup: float = 0.0, final: float = 0.01) -> optax.Schedule:
     """Linear warm-up over ``warmup`` of the run, then cosine decay to ``final * lr``."""
-    _check("cosine", warmup, final)
+    _check(warmup, final)
     n_warm = int(round(warmup * total))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if n_warm else lr, peak_value=lr, warmup_steps=n_warm,
@@ -41,7 +41,7 @@ def cosine(lr: float, total: int, *, warmup: float = 0.0, final: float = 0.01) -
 
 def linear(lr: float, total: int, *, warmup: float = 0.0, final: float = 0.0) -> optax.Schedule:
     """Linear warm-up over ``warmup`` of the run, then linear decay to ``final * lr``."""
-    _check("linear", warmup, final)
+    _check(warmup, final)
     n_warm = int(round(warmup * total))
     parts = [optax.linear_schedule(0.0, lr, n_warm)] if n_warm else []
     parts.append(optax.linear_schedule(lr, final * lr, max(total - n_warm, 1)))

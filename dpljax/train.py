@@ -336,9 +336,8 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
         best_step, elapsed0, resumed_from = old.get("best_step"), old.get("elapsed_s", 0.0), step0
         log(f"resumed from {last} at step {step0} of {total} (epoch {step0 / ipe:g} of {cfg.epochs})")
     train_step = make_train_step(dpl, graphdef, tx, loss_fn, cfg)
+    arrays, net_state, opt_state = replicate((arrays, net_state, opt_state), cfg.devices)
     if cfg.devices > 1:
-        mesh = basin_mesh(cfg.devices)
-        arrays, net_state, opt_state = replicate((arrays, net_state, opt_state), mesh)
         log(f"training: each batch's {cfg.batch_basins} basins split over {cfg.devices} "
             f"{jax.devices()[0].platform} devices")
     t0 = time.perf_counter()
