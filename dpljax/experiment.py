@@ -362,6 +362,20 @@ def run_info() -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def write_run_info(run_dir: Path, resumed: dict | None = None) -> dict:
+    """Write ``run_info.json`` (commit, machine, devices, start time). A resumed run keeps the
+    first start's record and appends this one, with ``resumed`` saying where it went on from.
+    Returns this start's record."""
+    info = run_info()
+    path = Path(run_dir) / "run_info.json"
+    record = info
+    if resumed is not None and path.exists():
+        record = json.loads(path.read_text())
+        record.setdefault("resumed", []).append({**info, **resumed})
+    path.write_text(json.dumps(record, indent=1))
+    return info
+
+
 def _median_nse(exp: Experiment, graphdef, state, arrays, basins, skip) -> float:
     q = E.predict(exp.dpl, graphdef, state, arrays)
     return float(np.nanmedian(E.score(q, np.asarray(arrays.obs), basins, skip)["nse"]))
@@ -430,14 +444,7 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
         log(f"train.resume=true, but {last} does not exist: starting a new run")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    info = run_info()
-    info_path = run_dir / "run_info.json"
-    if old is not None and info_path.exists():
-        first = json.loads(info_path.read_text())
-        first.setdefault("resumed", []).append({**info, "from_step": old["step"]})
-        info_path.write_text(json.dumps(first, indent=1))
-    else:
-        info_path.write_text(json.dumps(info, indent=1))
+    info = write_run_info(run_dir, resumed=None if old is None else {"from_step": old["step"]})
     ds, report = load_with_report(exp.data, log=log)
     basins = ds["basin"].values.tolist()
     check_against_data(exp, ds, report)

@@ -19,7 +19,13 @@ import yaml
 
 from . import evaluate as E
 from .data.dataset import open_source, select_basins
-from .experiment import evaluate_run, run_experiment, run_info, summarise
+from .experiment import ConfigError, evaluate_run, run_experiment, summarise, write_run_info
+from .train import RESUMABLE_CHANGES, _flat
+
+# What may change when a cross-validation is continued: nothing that alters what a fold learns,
+# since finished folds are pooled with the ones trained now (train.epochs may change when a
+# single run is resumed, but not here). The data's location may move.
+PUB_RESUMABLE = tuple(f"train.{k}" for k in RESUMABLE_CHANGES if k not in ("epochs", "nan_policy")) + ("data.source",)
 
 
 def folds(basins, n_folds: int = 10, seed: int = 0) -> list[list[str]]:
@@ -56,6 +62,23 @@ def _pool(run_dir: Path, tables: list[pd.DataFrame], extra: dict, log) -> dict:
     return summary
 
 
+def _check_same_config(run_dir: Path, config: dict) -> None:
+    """Refuse to continue a cross-validation with a config its finished folds were not trained with."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text())
+    saved.pop("pub", None)
+    old, new = _flat(saved), _flat(config)
+    diffs = [f"{k} (saved: {old.get(k, 'absent')!r}, now: {new.get(k, 'absent')!r})"
+             for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and k not in PUB_RESUMABLE]
+    if diffs:
+        raise ConfigError(f"cannot continue the PUB run in {run_dir} with a different configuration: "
+                          f"{'; '.join(diffs)}. Its folds are pooled, so a continued run may change "
+                          f"only {list(PUB_RESUMABLE)}; start a new run directory instead")
+
+
 def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0, log=print) -> dict:
     """Run (or continue) a ``n_folds``-fold PUB cross-validation in ``run_dir``."""
     run_dir = Path(run_dir)
@@ -64,11 +87,14 @@ def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0,
     spec_path = run_dir / "pub.json"
     if spec_path.exists() and json.loads(spec_path.read_text())["spec"] != spec:
         raise ValueError(f"{run_dir} holds a PUB run with {spec_path.read_text()}; asked for {spec}")
+    continued = spec_path.exists()
+    if continued:
+        _check_same_config(run_dir, config)
     configs = fold_configs(config, n_folds, seed)
     spec_path.write_text(json.dumps({"spec": spec, "folds": [c["data"]["test_basins"] for c in configs]}, indent=1))
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "pub": spec}, sort_keys=False))
-    info = run_info()
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+    done = [k for k in range(n_folds) if (run_dir / f"fold_{k}" / "summary.json").exists()]
+    info = write_run_info(run_dir, resumed={"folds_done": done} if continued else None)
     tables, wall = [], 0.0
     for k, c in enumerate(configs):
         fold_dir = run_dir / f"fold_{k}"

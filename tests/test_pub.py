@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import small_config
+from dpljax.experiment import ConfigError
 from dpljax.pub import evaluate_pub, folds, run_pub
 
 
@@ -34,6 +35,14 @@ def test_pub_on_sample(tmp_path):
     again = run_pub(config, tmp_path, n_folds=2, seed=3, log=quiet)
     assert (tmp_path / "fold_0" / "weights.npz").stat().st_mtime == mtime
     assert again["median_nse"] == summary["median_nse"]
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["resumed"][-1]["folds_done"] == [0, 1] and "started" in info  # the first start is kept
+    # finished folds are pooled with the ones trained later: what they learn must not change
+    changed = small_config(train={"epochs": 2, "iters_per_epoch": 5, "batch_basins": 4})
+    with pytest.raises(ConfigError, match=r"train\.epochs \(saved: 1, now: 2\)"):
+        run_pub(changed, tmp_path, n_folds=2, seed=3, log=quiet)
+    cosmetic = small_config(train={"epochs": 1, "iters_per_epoch": 5, "batch_basins": 4, "checkpoint_minutes": 1.5})
+    assert run_pub(cosmetic, tmp_path, n_folds=2, seed=3, log=quiet)["median_nse"] == summary["median_nse"]
     ev = evaluate_pub(tmp_path, log=quiet)
     assert ev["median_nse"] == pytest.approx(summary["median_nse"], abs=1e-6)
     from dpljax.cli import main
