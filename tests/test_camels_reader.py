@@ -331,60 +331,42 @@ def test_error_missing_streamflow_file(raw_dir: Path, tmp_path: Path) -> None:
         read_camels_us(root)
 
 
-def test_error_corrupt_forcing_line(raw_dir: Path, tmp_path: Path) -> None:
+# One line of one file corrupted: (file, line number in the file, how the line is changed,
+# basins read, what the error must say). Every error names the file and the line.
+CORRUPT_LINES = {
+    "forcing_non_number": ("01547700_lump_cida_forcing_leap.txt", 12,
+                           lambda lines, i: lines[i].replace("\t", "\tx", 1), None,
+                           r"01547700_lump_cida_forcing_leap\.txt, line 12"),
+    "forcing_truncated": ("03015500_lump_cida_forcing_leap.txt", 100,
+                          lambda lines, i: lines[i].rsplit("\t", 2)[0], ["03015500"],
+                          r"line 100: expected 11 columns, found 9"),
+    "forcing_header": ("02064000_lump_cida_forcing_leap.txt", 1,
+                       lambda lines, i: "latitude?", ["02064000"], r"line 1: header latitude"),
+    "streamflow_letter_o": ("01022500_streamflow_qc.txt", 41,
+                            lambda lines, i: "01022500 2000 02 10    1O5.00 A", ["01022500"],
+                            r"01022500_streamflow_qc\.txt, line 41.*1O5"),
+    "streamflow_30_february": ("01022500_streamflow_qc.txt", 60,
+                               lambda lines, i: "01022500 2000 02 30   100.00 A", ["01022500"],
+                               r"line 60: invalid date"),
+    "streamflow_duplicate_date": ("01022500_streamflow_qc.txt", 6,
+                                  lambda lines, i: lines[i - 1], ["01022500"],  # repeats 2000-01-05
+                                  r"line 6: duplicate date 2000-01-05"),
+    "attribute_extra_field": ("camels_clim.txt", 3,
+                              lambda lines, i: lines[i].replace(";", ";;", 1), None,
+                              r"camels_clim\.txt, line 3: expected 12"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT_LINES)
+def test_error_corrupt_line(case: str, raw_dir: Path, tmp_path: Path) -> None:
+    name, line_no, edit, basins, match = CORRUPT_LINES[case]
     root = _copy_fixture(raw_dir, tmp_path / "camels")
-    path = _only(root, "01547700_lump_cida_forcing_leap.txt")
+    path = _only(root, name)
     lines = path.read_text().splitlines()
-    lines[11] = lines[11].replace("\t", "\tx", 1)  # file line 12: a non-number
+    lines[line_no - 1] = edit(lines, line_no - 1)
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CamelsFormatError, match=r"01547700_lump_cida_forcing_leap\.txt, line 12"):
-        read_camels_us(root)
-
-
-def test_error_truncated_forcing_line(raw_dir: Path, tmp_path: Path) -> None:
-    root = _copy_fixture(raw_dir, tmp_path / "camels")
-    path = _only(root, "03015500_lump_cida_forcing_leap.txt")
-    lines = path.read_text().splitlines()
-    lines[99] = lines[99].rsplit("\t", 2)[0]  # file line 100: two columns short
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CamelsFormatError, match=r"line 100: expected 11 columns, found 9"):
-        read_camels_us(root, basins=["03015500"])
-
-
-def test_error_corrupt_header(raw_dir: Path, tmp_path: Path) -> None:
-    root = _copy_fixture(raw_dir, tmp_path / "camels")
-    path = _only(root, "02064000_lump_cida_forcing_leap.txt")
-    lines = path.read_text().splitlines()
-    lines[0] = "latitude?"
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CamelsFormatError, match=r"line 1: header latitude"):
-        read_camels_us(root, basins=["02064000"])
-
-
-def test_error_corrupt_streamflow_line(raw_dir: Path, tmp_path: Path) -> None:
-    root = _copy_fixture(raw_dir, tmp_path / "camels")
-    path = _only(root, "01022500_streamflow_qc.txt")
-    lines = path.read_text().splitlines()
-    lines[40] = "01022500 2000 02 10    1O5.00 A"  # letter O instead of zero, line 41
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CamelsFormatError, match=r"01022500_streamflow_qc\.txt, line 41.*1O5"):
-        read_camels_us(root, basins=["01022500"])
-
-
-def test_error_invalid_and_duplicate_dates(raw_dir: Path, tmp_path: Path) -> None:
-    root = _copy_fixture(raw_dir, tmp_path / "camels")
-    path = _only(root, "01022500_streamflow_qc.txt")
-    original = path.read_text().splitlines()
-    lines = list(original)
-    lines[59] = "01022500 2000 02 30   100.00 A"  # 30 February, line 60
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CamelsFormatError, match=r"line 60: invalid date"):
-        read_camels_us(root, basins=["01022500"])
-    lines = list(original)
-    lines[5] = lines[4]  # line 6 repeats 2000-01-05
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CamelsFormatError, match=r"line 6: duplicate date 2000-01-05"):
-        read_camels_us(root, basins=["01022500"])
+    with pytest.raises(CamelsFormatError, match=match):
+        read_camels_us(root, basins=basins)
 
 
 def test_error_basin_missing_from_attributes(raw_dir: Path, tmp_path: Path) -> None:
@@ -394,16 +376,6 @@ def test_error_basin_missing_from_attributes(raw_dir: Path, tmp_path: Path) -> N
         "".join(l for l in topo.read_text().splitlines(True) if not l.startswith("01547700"))
     )
     with pytest.raises(CamelsFormatError, match=r"01547700 missing from .*camels_topo\.txt"):
-        read_camels_us(root)
-
-
-def test_error_corrupt_attribute_line(raw_dir: Path, tmp_path: Path) -> None:
-    root = _copy_fixture(raw_dir, tmp_path / "camels")
-    clim = _only(root, "camels_clim.txt")
-    lines = clim.read_text().splitlines()
-    lines[2] = lines[2].replace(";", ";;", 1)  # line 3: one field too many
-    clim.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CamelsFormatError, match=r"camels_clim\.txt, line 3: expected 12"):
         read_camels_us(root)
 
 
