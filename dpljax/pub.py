@@ -20,7 +20,7 @@ import yaml
 from . import evaluate as E
 from .data.dataset import open_source, select_basins
 from .experiment import ConfigError, evaluate_run, run_experiment, summarise, write_run_info
-from .train import RESUMABLE_CHANGES, _flat
+from .train import RESUMABLE_CHANGES, _changes
 
 # What may change when a cross-validation is continued: nothing that alters what a fold learns,
 # since finished folds are pooled with the ones trained now (train.epochs may change when a
@@ -69,10 +69,7 @@ def _check_same_config(run_dir: Path, config: dict) -> None:
         return
     saved = yaml.safe_load(path.read_text())
     saved.pop("pub", None)
-    old, new = _flat(saved), _flat(config)
-    diffs = [f"{k} (saved: {old.get(k, 'absent')!r}, now: {new.get(k, 'absent')!r})"
-             for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k) and k not in PUB_RESUMABLE]
+    diffs = [f"{k} (saved: {o!r}, now: {n!r})" for k, o, n in _changes(saved, config, PUB_RESUMABLE)]
     if diffs:
         raise ConfigError(f"cannot continue the PUB run in {run_dir} with a different configuration: "
                           f"{'; '.join(diffs)}. Its folds are pooled, so a continued run may change "
@@ -85,10 +82,10 @@ def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0,
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {"n_folds": n_folds, "seed": seed}
     spec_path = run_dir / "pub.json"
-    if spec_path.exists() and json.loads(spec_path.read_text())["spec"] != spec:
-        raise ValueError(f"{run_dir} holds a PUB run with {spec_path.read_text()}; asked for {spec}")
     continued = spec_path.exists()
     if continued:
+        if json.loads(spec_path.read_text())["spec"] != spec:
+            raise ValueError(f"{run_dir} holds a PUB run with {spec_path.read_text()}; asked for {spec}")
         _check_same_config(run_dir, config)
     configs = fold_configs(config, n_folds, seed)
     spec_path.write_text(json.dumps({"spec": spec, "folds": [c["data"]["test_basins"] for c in configs]}, indent=1))

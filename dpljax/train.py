@@ -223,6 +223,15 @@ def _flat(d: Any, prefix: str = "") -> dict:
     return out
 
 
+def _changes(old: Any, new: Any, ignore=()) -> list[tuple[str, Any, Any]]:
+    """``(key, old value, new value)`` for each flattened key (see :func:`_flat`) where two
+    nested configs differ, ``"<absent>"`` standing for a side that lacks the key; keys in
+    ``ignore`` are skipped."""
+    a, b = _flat(old), _flat(new)
+    return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
 def _resume_differences(old_meta: dict, cfg: TrainConfig, meta: dict, *, ipe: int | None = None,
                         key_data: list | None = None, basins=None) -> list[str]:
     """What keeps a checkpoint from being continued bit-for-bit by this run."""
@@ -242,10 +251,9 @@ def _resume_differences(old_meta: dict, cfg: TrainConfig, meta: dict, *, ipe: in
     for k, v in meta.items():
         if k not in old_meta:
             continue
-        a, b = _flat(old_meta[k]), _flat(v)
-        changed = sorted(x for x in set(a) | set(b) if a.get(x, "<absent>") != b.get(x, "<absent>"))
+        changed = _changes(old_meta[k], v)
         if changed:
-            shown = ", ".join(f"{x}: {a.get(x, '<absent>')!r} -> {b.get(x, '<absent>')!r}" for x in changed[:6])
+            shown = ", ".join(f"{x}: {o!r} -> {n!r}" for x, o, n in changed[:6])
             more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
             diffs.append(f"{k} differs: {shown}{more}")
     return diffs
