@@ -156,7 +156,8 @@ def _jax_hbv(case: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from dpljax.models import HBV, Forcing, hbv
+    from dpljax.models import HBV, hbv
+    from dpljax.models.hbv import Forcing
     from dpljax.params import ParameterSpace
 
     b, t, fw = case["B"], case["T"], case["fw"]
@@ -283,7 +284,8 @@ def _jax_step(case: dict) -> dict:
                       devices=n_dev)
     graphdef, state = nnx.split(net)
     opt_state = tx.init(state)
-    arrays = Arrays(jnp.asarray(f), jnp.asarray(xd), jnp.asarray(xs), jnp.asarray(obs),
+    forcing = {n: jnp.asarray(f[..., i]) for i, n in enumerate(model.forcing)}
+    arrays = Arrays(forcing, jnp.asarray(xd), jnp.asarray(xs), jnp.asarray(obs),
                     jnp.asarray(np.nanstd(obs, axis=1)))
     arrays, state, opt_state = replicate((arrays, state, opt_state), n_dev)  # as fit does
     key = jax.random.key(0)
@@ -602,7 +604,8 @@ def _hbv_op_counts() -> dict:
     import jax
     import jax.numpy as jnp
 
-    from dpljax.models import Forcing, HBV, hbv
+    from dpljax.models import HBV, hbv
+    from dpljax.models.hbv import Forcing
 
     z = jnp.float32(1.0)
     p = hbv.HBVParams(*([z] * 14))

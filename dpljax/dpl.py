@@ -1,60 +1,135 @@
-"""The dPL composition: network -> parameters -> process model -> routing -> streamflow.
+"""The dPL composition: a parameter source -> the hydrology chain -> streamflow.
 
-``DPL`` holds the static pieces (process model, parameter space, routing on/off) and is
-called with a Flax NNX network; :func:`simulate_split` is the same as a pure function of the
-network's parameters, which is what gets differentiated and jit-compiled.
+- :class:`Hydrology` is the chain on *physical* parameters: a process model (any model of
+  :data:`~dpljax.models.MODELS`) run by the generic simulator, then its routing. It knows
+  nothing of networks, so calibration, evaluation and surrogates drive it the same way.
+- A *source* makes the raw (unbounded) parameter values of a batch from its own variables
+  ``theta``: :class:`NetworkSource` (a Flax NNX network on forcings and attributes; ``theta``
+  is the network's state) or :class:`TableSource` (a per-basin table of raw values, what
+  calibration optimises; ``theta`` is ``(B, n_outputs)``).
+- :class:`DPL` holds the chain and the :class:`~dpljax.params.ParameterSpace` that maps raw
+  values into the model's bounds; :func:`simulate` is the whole composition as a pure
+  function ``(dpl, source, theta, batch, key) -> Result``, which training and evaluation
+  jit-compile and differentiate.
+
+``DPL`` and ``Hydrology`` are PyTrees whose leaves are the model's weights (none for HBV or
+GR4J; a surrogate's network), so a compiled step takes them as arguments.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from .models.base import Forcing, ProcessModel
-from .models.routing import route, unit_hydrograph
+from .models.base import ProcessModel, simulate as simulate_model
 from .params import ParameterSpace
 
 
-@dataclass(frozen=True)
-class DPL:
-    """A differentiable parameter-learning model ``g`` (network) + ``h`` (process model)."""
+class Result(NamedTuple):
+    """What the chain returns: routed streamflow ``q (B, T)`` (mm/d), the component-averaged
+    fluxes (``(B, T)`` each), the final states ``(B, nmul, ...)``, and the physical
+    parameters (``(B, nmul)`` or ``(B, T, nmul)``) and routing parameters ``(B,)``."""
 
-    model: ProcessModel
-    space: ParameterSpace
+    q: Any
+    fluxes: Any
+    state: Any
+    params: dict
+    routing: dict
+
+
+class Hydrology:
+    """A process model and (optionally) the routing of its runoff, on physical parameters."""
+
+    def __init__(self, model: ProcessModel, routing=None):
+        self.model = model
+        self.routing = routing
 
     @property
-    def routing(self) -> bool:
-        return bool(self.space.routing_bounds)
+    def routing_bounds(self) -> dict[str, tuple[float, float]]:
+        return self.routing.bounds if self.routing is not None else {}
+
+    def __call__(self, params: Mapping[str, Any], routing_params: Mapping[str, Any],
+                 forcing: Mapping[str, Any], state=None) -> Result:
+        """``params[name]``: ``(B, nmul)`` or ``(B, T, nmul)``; ``forcing[name]``: ``(B, T)``
+        raw forcing (the names of ``model.forcing``); ``routing_params[name]``: ``(B,)``."""
+        fluxes, final = simulate_model(self.model, params, forcing, state)
+        q = fluxes.q
+        if self.routing is not None:
+            q = self.routing(q, routing_params)
+        return Result(q, fluxes, final, dict(params), dict(routing_params))
+
+
+jax.tree_util.register_pytree_node(
+    Hydrology, lambda h: ((h.model, h.routing), None), lambda _, c: Hydrology(*c))
+
+
+class NetworkSource:
+    """Raw parameters from a Flax NNX network: ``theta`` is its state (``nnx.split``)."""
+
+    def __init__(self, graphdef):
+        self.graphdef = graphdef
+
+    def __call__(self, theta, batch, key=None):
+        net = nnx.merge(self.graphdef, theta)
+        return net(batch.x_dynamic, batch.x_static, key=key)
+
+
+class TableSource:
+    """Raw parameters from a table, one row per basin of the batch: ``theta (B, n_outputs)``
+    (static parameters and routing; the layout of :class:`~dpljax.params.ParameterSpace`)."""
+
+    def __call__(self, theta, batch=None, key=None):
+        return theta
+
+
+class DPL:
+    """A parameter space (raw values -> bounded physical parameters) and a hydrology chain."""
+
+    def __init__(self, chain: Hydrology | ProcessModel, space: ParameterSpace):
+        """``chain``: a :class:`Hydrology`, or a process model, which is then routed by its
+        default routing when ``space`` has routing parameters."""
+        if isinstance(chain, ProcessModel):
+            chain = Hydrology(chain, chain.default_routing if space.routing_bounds else None)
+        if not isinstance(chain, Hydrology):
+            raise TypeError(f"DPL takes a Hydrology chain or a process model, got {type(chain).__name__}")
+        if set(chain.routing_bounds) != set(space.routing_bounds):
+            raise ValueError(f"the parameter space's routing parameters {list(space.routing_bounds)} "
+                             f"are not the chain's {list(chain.routing_bounds)}")
+        self.chain = chain
+        self.space = space
+
+    @classmethod
+    def of(cls, model: ProcessModel, nmul: int = 16, dynamic=(), routing=True, bounds=None) -> "DPL":
+        """The usual set-up: ``model`` with its default routing (``routing=True``) or none."""
+        r = model.default_routing if routing else None
+        space = ParameterSpace(dict(bounds or model.bounds), nmul, tuple(dynamic),
+                               r.bounds if r is not None else {})
+        return cls(Hydrology(model, r), space)
+
+    @property
+    def model(self) -> ProcessModel:
+        return self.chain.model
+
+    def from_raw(self, raw, forcing: Mapping[str, Any], state=None) -> Result:
+        """Raw values ``(B, n_outputs)`` or ``(B, T, n_outputs)`` -> the chain's :class:`Result`."""
+        params, rparams = self.space.to_physical(raw)
+        return self.chain(params, rparams, forcing, state)
 
     def __call__(self, net: nnx.Module, x_dynamic, x_static, forcing, *, key: jax.Array | None = None,
                  return_all: bool = False):
-        """Routed streamflow ``(B, T)`` in mm/d.
-
-        ``forcing``: ``(B, T, 3)`` raw prcp, tmean, pet. With ``return_all`` also returns a dict
-        with the physical parameters, routing parameters and the component-averaged fluxes.
-        """
-        raw = net(x_dynamic, x_static, key=key)
-        params, rparams = self.space.to_physical(raw)
-        f = Forcing(forcing[..., 0], forcing[..., 1], forcing[..., 2])
-        fluxes, _ = self.model.simulate(params, f)
-        q = fluxes["q"]
-        if self.routing:
-            w = unit_hydrograph(rparams["route_a"], rparams["route_b"])
-            q = route(q, w)
-        if return_all:
-            return q, {"params": params, "routing": rparams, "fluxes": fluxes}
-        return q
+        """Routed streamflow ``(B, T)`` (mm/d) from a network (the :class:`Result` with
+        ``return_all``). ``forcing`` maps the model's forcing names to ``(B, T)`` arrays."""
+        res = self.from_raw(net(x_dynamic, x_static, key=key), forcing)
+        return res if return_all else res.q
 
 
-def simulate_split(graphdef, net_state, dpl: DPL, x_dynamic, x_static, forcing, key=None) -> Any:
-    """:meth:`DPL.__call__` as a pure function of the network's state (for jit and grad)."""
-    net = nnx.merge(graphdef, net_state)
-    return dpl(net, x_dynamic, x_static, forcing, key=key)
+jax.tree_util.register_pytree_node(
+    DPL, lambda d: ((d.chain,), d.space), lambda space, c: DPL(c[0], space))
 
 
-def warm_slice(q: jnp.ndarray, warmup: int) -> jnp.ndarray:
-    """Drop the warm-up days (their outputs never enter a loss or a metric)."""
-    return q[:, warmup:]
+def simulate(dpl: DPL, source, theta, batch, key=None) -> Result:
+    """The composition as a pure function of ``theta`` (and of ``dpl``'s weights, if any):
+    what is jit-compiled and differentiated. ``batch`` has ``forcing`` (a mapping of
+    ``(B, T)`` arrays), and what the source reads (``x_dynamic``, ``x_static``)."""
+    return dpl.from_raw(source(theta, batch, key), batch.forcing)

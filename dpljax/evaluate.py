@@ -14,37 +14,38 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
-from flax import nnx
 
 from . import metrics as M
 from .data.dataset import Arrays
-from .dpl import DPL
+from .dpl import DPL, TableSource, simulate
 
 
-def predict(dpl: DPL, graphdef, net_state, arrays: Arrays, *, chunk: int = 64,
-            return_all: bool = False) -> np.ndarray | tuple[np.ndarray, dict]:
+def predict(dpl: DPL, source, theta, arrays: Arrays, *, chunk: int = 64,
+            return_all: bool = False):
     """Routed streamflow ``(N, T)`` for all basins of ``arrays`` (NumPy, mm/d).
 
-    With ``return_all`` also the component-averaged fluxes and the physical parameters.
+    ``source`` makes the raw parameters from ``theta`` (a network's graphdef: ``theta`` is
+    the network's state; a :class:`~dpljax.dpl.TableSource`: ``theta`` is ``(N, n)``, one row
+    per basin). With ``return_all``, the whole :class:`~dpljax.dpl.Result` (NumPy leaves).
     """
+    from .train import as_source
+
+    source = as_source(source)
+    per_basin = isinstance(source, TableSource)
 
     @jax.jit
-    def run(state, xd, xs, f):
-        return dpl(nnx.merge(graphdef, state), xd, xs, f, return_all=True)
+    def run(dpl, theta, batch):
+        return simulate(dpl, source, theta, batch)
 
     n = arrays.obs.shape[0]
-    qs, extras = [], []
+    parts = []
     for i in range(0, n, chunk):
         sl = slice(i, min(i + chunk, n))
-        q, aux = run(net_state, arrays.x_dynamic[sl], arrays.x_static[sl], arrays.forcing[sl])
-        qs.append(np.asarray(q))
-        if return_all:
-            extras.append(jax.tree.map(np.asarray, aux))
-    q = np.concatenate(qs, axis=0)
-    if not return_all:
-        return q
-    aux = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *extras)
-    return q, aux
+        batch = jax.tree.map(lambda a: a[sl], arrays)
+        res = run(dpl, theta[sl] if per_basin else theta, batch)
+        parts.append(jax.tree.map(np.asarray, res if return_all else res.q))
+    out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+    return out
 
 
 def score(q: np.ndarray, obs: np.ndarray, basins, skip: int) -> pd.DataFrame:

@@ -35,10 +35,9 @@ from . import evaluate as E
 from .data.dataset import (DataConfig, LoadReport, fit_normalizer, load, load_with_report, prepare,
                            test_start_with_warmup)
 from .data.normalize import Normalizer
-from .dpl import DPL
+from .dpl import DPL, Hydrology
 from .losses import LOSSES
 from .models.base import MODELS
-from .models.routing import BOUNDS as ROUTING_BOUNDS
 from .nets.registry import NETS
 from .params import ParameterSpace
 from .schedules import make_schedule
@@ -151,7 +150,7 @@ def _check_options(cls, section: str, options: dict, fixed: tuple = ()) -> None:
 
 
 def _build_model(mc: dict):
-    model_cls = _lookup(MODELS, "model", mc.pop("name", "hbv"))
+    model_cls = _lookup(MODELS, "model", mc.pop("name", None))
     nmul = mc.pop("nmul", 16)
     if not _is_int(nmul) or nmul < 1:
         raise ConfigError(f"model.nmul must be an integer >= 1, got {nmul!r}")
@@ -187,11 +186,12 @@ def _build_model(mc: dict):
         if not float(v[0]) < float(v[1]):
             raise ConfigError(f"model.bounds.{k}: lower bound {v[0]} must be < upper bound {v[1]}")
         bounds[k] = tuple(float(x) for x in v)
+    router = model.default_routing if routing else None  # None: the model routes itself
     try:
-        space = ParameterSpace(bounds, nmul, tuple(dynamic), ROUTING_BOUNDS if routing else {})
+        space = ParameterSpace(bounds, nmul, tuple(dynamic), router.bounds if router is not None else {})
     except ValueError as e:
         raise ConfigError(f"'model': {e}") from e
-    return model, space
+    return DPL(Hydrology(model, router), space)
 
 
 def build(config: dict) -> Experiment:
@@ -209,7 +209,8 @@ def build(config: dict) -> Experiment:
     unknown = sorted(set(config) - set(SECTIONS) - {"name"})
     if unknown:
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
-    model, space = _build_model(_section(config, "model"))
+    dpl = _build_model(_section(config, "model"))
+    space = dpl.space
     nc = _section(config, "net")
     net_name = nc.pop("name", None)
     net_cls = _lookup(NETS, "net", net_name)
@@ -256,7 +257,7 @@ def build(config: dict) -> Experiment:
     if train.warmup + train.window > n_days:
         raise ConfigError(f"train.warmup + train.window = {train.warmup} + {train.window} days is longer "
                           f"than the training period data.train={list(data.train)} ({n_days} days)")
-    exp = Experiment(config, DPL(model, space), data, train, loss, tx, net_name, nc)
+    exp = Experiment(config, dpl, data, train, loss, tx, net_name, nc)
     try:  # shapes only: wrong option types of the network fail here, not inside the jitted step
         def trial():
             net = exp.make_net(len(data.net_forcing), len(data.attributes))
@@ -295,7 +296,7 @@ def _resume_view(exp: Experiment) -> dict:
 
 def _fingerprint(arrays) -> str:
     h = hashlib.sha256()
-    for a in arrays:
+    for a in jax.tree.leaves(arrays):
         a = np.ascontiguousarray(np.asarray(a))
         h.update(str((a.shape, a.dtype.str)).encode())
         h.update(a.tobytes())
@@ -383,7 +384,7 @@ def _median_nse(exp: Experiment, graphdef, state, arrays, basins, skip) -> float
 
 def period_arrays(exp: Experiment, ds, norm: Normalizer, period):
     start = test_start_with_warmup(exp.data, ds, period)
-    arrays, times = prepare(exp.data, ds, norm, start, period[1])
+    arrays, times = prepare(exp.data, ds, norm, start, period[1], forcing=exp.dpl.model.forcing)
     skip = int(np.searchsorted(times.values, np.datetime64(period[0])))
     return arrays, times, skip
 
@@ -408,9 +409,9 @@ def load_test_data(exp: Experiment, ds=None, log=print):
     not given), or ``data.test_basins`` (PUB: basins never trained on, which need no
     training-period observations)."""
     if exp.data.test_basins is None:
-        return load(exp.data, log=log) if ds is None else ds
+        return load(exp.data, log=log, forcing=exp.dpl.model.forcing) if ds is None else ds
     cfg = replace(exp.data, basins=exp.data.test_basins, test_basins=None)
-    test_ds, _ = load_with_report(cfg, log=log, require_train_obs=False)
+    test_ds, _ = load_with_report(cfg, log=log, require_train_obs=False, forcing=exp.dpl.model.forcing)
     return test_ds
 
 
@@ -445,7 +446,7 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     info = write_run_info(run_dir, resumed=None if old is None else {"from_step": old["step"]})
-    ds, report = load_with_report(exp.data, log=log)
+    ds, report = load_with_report(exp.data, log=log, forcing=exp.dpl.model.forcing)
     basins = ds["basin"].values.tolist()
     check_against_data(exp, ds, report)
     norm = fit_normalizer(exp.data, ds)
@@ -458,7 +459,7 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
                           static={k: tuple(v) for k, v in old["normalizer"]["static"].items()},
                           categories=old["normalizer"].get("categories", {}))
     norm.to_json(run_dir / "normalizer.json")
-    train_arrays, _ = prepare(exp.data, ds, norm, *exp.data.train)
+    train_arrays, _ = prepare(exp.data, ds, norm, *exp.data.train, forcing=exp.dpl.model.forcing)
     train_missing = np.isnan(np.asarray(train_arrays.obs)).sum(axis=1)
     n_masked = int(train_missing.sum())
     log(f"data: {len(basins)} basins; train {exp.data.train[0]}..{exp.data.train[1]} "

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-LOSSES: dict = {}
+from .registry import Registry
+
+LOSSES: Registry = Registry("loss")
 
 
 def register_loss(name: str):
-    def deco(cls):
-        LOSSES[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: ``@register_loss("nse_batch")`` adds a loss to :data:`LOSSES`."""
+    return LOSSES.register(name)
 
 
 def _masked(pred, obs):

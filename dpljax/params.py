@@ -64,10 +64,6 @@ class ParameterSpace:
         """Size of the network's last axis."""
         return len(self.bounds) * self.nmul + len(self.routing_bounds)
 
-    @property
-    def needs_sequence(self) -> bool:
-        return bool(self.dynamic)
-
     def to_physical(self, raw) -> tuple[dict[str, Any], dict[str, Any]]:
         """Raw network output -> ``(model_params, routing_params)`` in physical units.
 

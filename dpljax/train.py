@@ -25,7 +25,7 @@ from flax import nnx
 
 from .data.dataset import Arrays
 from .data.sampler import iterations_per_epoch, sample_batch
-from .dpl import DPL, simulate_split
+from .dpl import DPL, NetworkSource, simulate
 from .parallel import basin_mesh, replicate, shard_basins
 
 
@@ -116,13 +116,38 @@ def make_optimizer(tx: optax.GradientTransformation, clip_grad_norm: float | Non
     return optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx) if clip_grad_norm else tx
 
 
-def make_train_step(dpl: DPL, graphdef, tx: optax.GradientTransformation, loss_fn: Callable,
-                    cfg: TrainConfig):
-    """The jitted step. ``arrays`` and the states are arguments (never baked-in constants)."""
+def as_source(source):
+    """A parameter source; a network's ``nnx.GraphDef`` stands for :class:`NetworkSource` of it."""
+    return NetworkSource(source) if isinstance(source, nnx.GraphDef) else source
+
+
+class TrainStep:
+    """The jitted step ``(theta, opt_state, step, arrays, seed_key) -> (theta, opt_state,
+    loss, ok, basin_idx)``. The chain (``dpl``, with a surrogate's weights if any) is an
+    argument of the compiled program, passed by this wrapper, never a baked-in constant."""
+
+    def __init__(self, jitted, dpl):
+        self.jitted, self.dpl = jitted, dpl
+
+    def __call__(self, theta, opt_state, step, arrays, seed_key):
+        return self.jitted(self.dpl, theta, opt_state, step, arrays, seed_key)
+
+    def lower(self, *args):
+        return self.jitted.lower(self.dpl, *args)
+
+    def _cache_size(self) -> int:
+        return self.jitted._cache_size()
+
+
+def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn: Callable,
+                    cfg: TrainConfig) -> TrainStep:
+    """The jitted step. ``source`` makes the raw parameters from ``theta`` (a network's
+    graphdef: the network's state is ``theta``). ``arrays`` and the states are arguments."""
+    source = as_source(source)
     n_b, warmup, length = cfg.batch_basins, cfg.warmup, cfg.warmup + cfg.window
     mesh = basin_mesh(cfg.devices) if cfg.devices > 1 else None
 
-    def step_fn(net_state, opt_state, step, arrays: Arrays, seed_key):
+    def step_fn(dpl, net_state, opt_state, step, arrays: Arrays, seed_key):
         key = jax.random.fold_in(seed_key, step)
         k_batch, k_drop = jax.random.split(key)
         idx, b = sample_batch(k_batch, arrays, n_b, length)
@@ -130,7 +155,7 @@ def make_train_step(dpl: DPL, graphdef, tx: optax.GradientTransformation, loss_f
             b = shard_basins(b, mesh)
 
         def loss_of(state):
-            q = simulate_split(graphdef, state, dpl, b.x_dynamic, b.x_static, b.forcing, key=k_drop)
+            q = simulate(dpl, source, state, b, key=k_drop).q
             return loss_fn(q[:, warmup:], b.obs[:, warmup:], b.obs_std)
 
         loss, grads = jax.value_and_grad(loss_of)(net_state)
@@ -149,7 +174,7 @@ def make_train_step(dpl: DPL, graphdef, tx: optax.GradientTransformation, loss_f
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         return keep(new_state, net_state), keep(new_opt, opt_state), loss, ok, idx
 
-    return jax.jit(step_fn, donate_argnums=(0, 1))
+    return TrainStep(jax.jit(step_fn, donate_argnums=(1, 2)), dpl)
 
 
 # ---------------------------------------------------------------------------- checkpoints

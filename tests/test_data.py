@@ -6,6 +6,7 @@ import pytest
 
 from dpljax.data import DataConfig, DataError, Normalizer, fit_normalizer, load, prepare, sample_batch
 from dpljax.data.sample import SAMPLE_BASINS, SAMPLE_PATH
+from dpljax.models import HBV
 
 
 def test_embedded_sample_contract(sample):
@@ -29,8 +30,9 @@ def test_load_and_prepare(sample):
     cfg = DataConfig()
     ds = load(cfg, sample)
     norm = fit_normalizer(cfg, ds)
-    arrays, times = prepare(cfg, ds, norm, *cfg.train)
-    assert arrays.forcing.shape == (8, 3652, 3) and arrays.x_static.shape == (8, 35)
+    arrays, times = prepare(cfg, ds, norm, *cfg.train, forcing=HBV.forcing)
+    assert set(arrays.forcing) == {"prcp", "tmean", "pet"}
+    assert arrays.forcing["prcp"].shape == (8, 3652) and arrays.x_static.shape == (8, 35)
     assert times[0] == pd.Timestamp("1989-10-01")
     xs = np.asarray(arrays.x_static)
     assert np.all(np.isfinite(xs)) and np.allclose(xs.mean(0), 0, atol=1e-5)
@@ -90,13 +92,13 @@ def test_structure_errors(sample):
 def test_sampler_windows_are_slices_of_the_data(sample):
     cfg = DataConfig()
     ds = load(cfg, sample)
-    arrays, _ = prepare(cfg, ds, fit_normalizer(cfg, ds), *cfg.train)
+    arrays, _ = prepare(cfg, ds, fit_normalizer(cfg, ds), *cfg.train, forcing=HBV.forcing)
     idx, b = jax.jit(sample_batch, static_argnums=(2, 3))(jax.random.key(3), arrays, 5, 730)
     idx = np.asarray(idx)
-    assert len(set(idx.tolist())) == 5 and b.forcing.shape == (5, 730, 3)
-    full = np.asarray(arrays.forcing)
+    assert len(set(idx.tolist())) == 5 and b.forcing["pet"].shape == (5, 730)
+    full = np.asarray(arrays.forcing["pet"])
     for j, i in enumerate(idx):
-        win = np.asarray(b.forcing[j])
+        win = np.asarray(b.forcing["pet"][j])
         starts = [s for s in range(full.shape[1] - 729) if np.array_equal(full[i, s:s + 730], win)]
         assert starts, "window is not a contiguous slice of its basin"
     idx2, b2 = sample_batch(jax.random.key(3), arrays, 5, 730)

@@ -6,15 +6,17 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from dpljax.data import Arrays
 from dpljax import DPL, HBV, LSTM, MLP, ParameterSpace, RMSECombined
-from dpljax.dpl import simulate_split
+from dpljax.dpl import NetworkSource, simulate
 from dpljax.models.routing import BOUNDS as RB
 
 
 def _batch(sample, n_days=240, dtype=np.float64):
     sub = sample.isel(basin=[0, 4, 6]).sel(time=slice("1995-10-01", None)).isel(time=slice(0, n_days))
     tmean = (sub.tmax + sub.tmin) / 2
-    forcing = np.stack([sub.prcp.values, tmean.values, sub.pet.values], -1).astype(dtype)
+    forcing = {"prcp": sub.prcp.values.astype(dtype), "tmean": tmean.values.astype(dtype),
+               "pet": sub.pet.values.astype(dtype)}
     rng = np.random.default_rng(0)
     x_dyn = rng.normal(size=(3, n_days, 3)).astype(dtype)
     x_static = rng.normal(size=(3, 5)).astype(dtype)
@@ -35,7 +37,8 @@ def test_grad_wrt_network_matches_finite_differences(sample, net_cls, dynamic):
 
         @jax.jit
         def f(v):
-            q = simulate_split(graphdef, unravel(v), dpl, x_dyn, x_static, forcing)
+            batch = Arrays(forcing, x_dyn, x_static, obs, np.ones(3))
+            q = simulate(dpl, NetworkSource(graphdef), unravel(v), batch).q
             return loss(q[:, 60:], obs[:, 60:])
 
         g = np.asarray(jax.grad(f)(flat))
@@ -57,13 +60,10 @@ def test_grad_wrt_physical_parameters_matches_finite_differences(sample):
         rng = np.random.default_rng(2)
         base = {k: rng.uniform(lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo), (3, 2)) for k, (lo, hi) in model.bounds.items()}
         base["tt"] = np.full((3, 2), 0.31)
-        from dpljax.models import Forcing
-
-        fo = Forcing(forcing[..., 0], forcing[..., 1], forcing[..., 2])
 
         def f(vec):
             p = {k: base[k] * vec[i] for i, k in enumerate(names)}
-            fl, _ = model.simulate(p, fo)
+            fl, _ = model.simulate(p, forcing)
             return RMSECombined()(fl["q"][:, 30:], obs[:, 30:])
 
         x = jnp.ones(len(names))
@@ -79,7 +79,7 @@ def test_dynamic_parameters_vary_in_time(sample):
     x_dyn, x_static, forcing, _ = _batch(sample, 100, np.float32)
     space = ParameterSpace(HBV().bounds, nmul=2, dynamic=("beta",), routing_bounds=RB)
     net = LSTM(3, 5, space.n_outputs, hidden=8, dropout=0.0, rngs=nnx.Rngs(0))
-    q, aux = DPL(HBV(), space)(net, x_dyn, x_static, forcing, return_all=True)
-    assert q.shape == (3, 100)
-    assert aux["params"]["beta"].shape == (3, 100, 2) and aux["params"]["fc"].shape == (3, 2)
-    assert float(jnp.std(aux["params"]["beta"], axis=1).max()) > 0
+    aux = DPL(HBV(), space)(net, x_dyn, x_static, forcing, return_all=True)
+    assert aux.q.shape == (3, 100)
+    assert aux.params["beta"].shape == (3, 100, 2) and aux.params["fc"].shape == (3, 2)
+    assert float(jnp.std(aux.params["beta"], axis=1).max()) > 0

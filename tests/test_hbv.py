@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpljax.models import HBV, Forcing, hbv
+from dpljax.models import HBV, hbv
+from dpljax.models.hbv import Forcing
 
 NAMES = hbv.PARAM_NAMES
 

@@ -20,7 +20,7 @@ needs_two = pytest.mark.skipif(len(jax.devices()) < 2, reason="needs 2 devices (
 def setup(sample):
     exp = build(CFG)
     ds = load(exp.data, sample)
-    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train)
+    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train, forcing=exp.dpl.model.forcing)
     return exp, arrays
 
 

@@ -18,10 +18,10 @@ from dpljax.train import TrainConfig, make_train_step
 def test_train_step_does_not_recompile():
     rng = np.random.default_rng(0)
     n, t = 6, 40
-    f = np.stack([rng.gamma(0.5, 4.0, (n, t)), rng.normal(5, 8, (n, t)), rng.uniform(0, 4, (n, t))], -1)
+    f = {"prcp": rng.gamma(0.5, 4.0, (n, t)), "tmean": rng.normal(5, 8, (n, t)), "pet": rng.uniform(0, 4, (n, t))}
     obs = rng.gamma(1.0, 1.0, (n, t))
     obs[0, :5] = np.nan
-    arrays = Arrays(*(jnp.asarray(a, jnp.float32) for a in (
+    arrays = Arrays(*(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), a) for a in (
         f, rng.normal(size=(n, t, 3)), rng.normal(size=(n, 4)), obs, obs[:, 5:].std(1))))
     space = ParameterSpace(HBV().bounds, nmul=2, dynamic=("beta",), routing_bounds=RB)
     net = LSTM(3, 4, space.n_outputs, hidden=8, dropout=0.5, rngs=nnx.Rngs(0))

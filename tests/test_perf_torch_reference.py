@@ -7,7 +7,8 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 
 from benchmarks import torch_ref  # noqa: E402
-from dpljax.models import HBV, Forcing, hbv  # noqa: E402
+from dpljax.models import HBV, hbv
+from dpljax.models.hbv import Forcing  # noqa: E402
 from dpljax.models.routing import route, unit_hydrograph  # noqa: E402
 
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpljax.models import HBV, Forcing, hbv
+from dpljax.models import HBV, hbv
+from dpljax.models.hbv import Forcing
 from dpljax.nets import lstm as lstm_mod
 
 

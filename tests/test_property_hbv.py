@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpljax.models import hbv
-from dpljax.models.base import Forcing
+from dpljax.models.hbv import Forcing
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
 STORES = {"snowpack": 1000.0, "meltwater": 200.0, "sm": 1500.0, "suz": 500.0, "slz": 1000.0}

@@ -23,7 +23,7 @@ BAD = 2  # index of the basin whose forcing is poisoned with NaN
 def setup(sample):
     exp = build(small_config(optim={"learning_rate": 1e-2}))
     ds = load(exp.data, sample)
-    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train)
+    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train, forcing=exp.dpl.model.forcing)
     return exp, arrays, [str(b) for b in ds["basin"].values]
 
 
@@ -49,7 +49,7 @@ def same(a, b):
 
 
 def poisoned(arrays):
-    return arrays._replace(forcing=arrays.forcing.at[BAD].set(jnp.nan))
+    return arrays._replace(forcing=dict(arrays.forcing, prcp=arrays.forcing["prcp"].at[BAD].set(jnp.nan)))
 
 
 def test_same_seed_same_parameters(setup):

@@ -69,7 +69,7 @@ def test_schedule_needs_a_learning_rate():
 def data(sample):
     exp = build(BASE)
     ds = load(exp.data, sample)
-    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train)
+    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train, forcing=exp.dpl.model.forcing)
     return arrays, [str(b) for b in ds["basin"].values]
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-#: Forcing the process model needs (``tmean`` is derived as (tmax + tmin) / 2).
-MODEL_FORCING = ("prcp", "tmax", "tmin", "pet")
-#: Inputs of a sequence network (after deriving ``tmean``): the reference practice.
+#: Variables a dataset may derive when it lacks them: name -> (sources, function).
+#: ``tmean = (tmax + tmin) / 2`` (the Daymet/CAMELS-US layout has only the extremes).
+DERIVED = {"tmean": (("tmax", "tmin"), lambda tmax, tmin: (tmax + tmin) / 2.0)}
+#: Inputs of a sequence network (``tmean`` derived when absent): the reference practice.
 NET_FORCING = ("prcp", "tmean", "pet")
 TARGET = "streamflow"
 
@@ -155,7 +156,7 @@ def _numeric(ds: xr.Dataset, variables: Sequence[str]) -> None:
             raise DataError(f"variable {v!r} has dtype {ds[v].dtype}; expected numbers")
 
 
-def find_problems(ds: xr.Dataset, start, end, forcing: Sequence[str] = MODEL_FORCING,
+def find_problems(ds: xr.Dataset, start, end, forcing: Sequence[str],
                   target: str | None = None, train: tuple | None = None) -> list[Problem]:
     """Every bad value of ``forcing`` (and ``target``) over ``start..end``.
 
@@ -218,20 +219,6 @@ def _sentinel_hint(values: np.ndarray) -> str:
         return (f" (values such as {found[0]:g} look like a missing-value code: "
                 "store missing data as NaN)")
     return ""
-
-
-def check_values(ds: xr.Dataset, start, end, forcing: Sequence[str] = MODEL_FORCING) -> None:
-    """Finite, plausible forcing over ``start..end``; raises on the first problem."""
-    problems = find_problems(ds, start, end, forcing)
-    if problems:
-        raise DataError(problems[0].message())
-
-
-def check_observations(ds: xr.Dataset, start, end, target: str = TARGET) -> None:
-    """Every basin has at least one observation in ``start..end``; none is negative or inf."""
-    problems = find_problems(ds, start, end, (), target=target, train=(start, end))
-    if problems:
-        raise DataError(problems[0].message())
 
 
 def screen_basins(ds: xr.Dataset, span: tuple, train: tuple, forcing: Sequence[str],

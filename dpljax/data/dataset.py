@@ -127,13 +127,14 @@ def _period(key: str, value) -> Period:
 class Arrays(NamedTuple):
     """Dense arrays of a set of basins over a contiguous span of days.
 
-    forcing: ``(N, T, 3)`` raw prcp (mm/d), tmean (degC), pet (mm/d) for the process model;
+    forcing: ``{name: (N, T)}`` raw forcing of the process model, one entry per name the
+    model declares (``model.forcing``), in the data's physical units;
     x_dynamic: ``(N, T, n_forcing)`` normalised network inputs; x_static: ``(N, n_attr)``;
     obs: ``(N, T)`` observed streamflow (mm/d, NaN where missing); obs_std: ``(N,)`` standard
     deviation of each basin's training observations (for the NSE-batch loss).
     """
 
-    forcing: jnp.ndarray
+    forcing: dict
     x_dynamic: jnp.ndarray
     x_static: jnp.ndarray
     obs: jnp.ndarray
@@ -179,14 +180,30 @@ class LoadReport:
                 "excluded_basins": dict(self.excluded), "warnings": dict(self.warnings)}
 
 
-def load(cfg: DataConfig, ds: xr.Dataset | None = None, log=None) -> xr.Dataset:
+def load(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
+         forcing: Sequence[str] = ()) -> xr.Dataset:
     """Open, select and validate (no compute before this passes)."""
-    return load_with_report(cfg, ds, log=log)[0]
+    return load_with_report(cfg, ds, log=log, forcing=forcing)[0]
+
+
+def source_variables(names: Sequence[str], ds: xr.Dataset) -> list[str]:
+    """The dataset variables that ``names`` are read or derived from (:data:`contract.DERIVED`)."""
+    out = []
+    for n in names:
+        if n not in ds and n in contract.DERIVED:
+            out.extend(contract.DERIVED[n][0])
+        else:
+            out.append(n)
+    return list(dict.fromkeys(out))
 
 
 def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
-                     require_train_obs: bool = True) -> tuple[xr.Dataset, LoadReport]:
+                     require_train_obs: bool = True,
+                     forcing: Sequence[str] = ()) -> tuple[xr.Dataset, LoadReport]:
     """:func:`load`, also returning a :class:`LoadReport`.
+
+    ``forcing``: the process model's forcing names (``model.forcing``); they are validated
+    with the network's inputs (``cfg.net_forcing``) and the target.
 
     ``require_train_obs=False`` (basins that are only scored, never trained on) drops the
     requirement of observations in the training period.
@@ -196,7 +213,7 @@ def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
     logged (``log``, default ``print``) with its reason.
     """
     ds = open_source(cfg.source) if ds is None else ds
-    dyn_needed = sorted(set(contract.MODEL_FORCING) | {v for v in cfg.net_forcing if v != "tmean"})
+    dyn_needed = sorted(set(source_variables([*forcing, *cfg.net_forcing], ds)))
     contract.check_structure(ds, dyn_needed + [cfg.target], cfg.attributes)
     ds = select_basins(ds, cfg.basins)
     if ds.sizes["basin"] == 0:
@@ -246,33 +263,36 @@ def test_start_with_warmup(cfg: DataConfig, ds: xr.Dataset, period: Period | Non
     return str(max(first, start - pd.Timedelta(days=n)).date())
 
 
-def forcing_arrays(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    """Raw dynamic variables with the derived ``tmean`` = (tmax + tmin) / 2."""
-    out = {v: ds[v].values for v in ("prcp", "tmax", "tmin", "pet")}
-    out["tmean"] = (out["tmax"] + out["tmin"]) / 2.0
-    for v in ds.data_vars:
-        if ds[v].dims == ("basin", "time") and v not in out:
-            out[v] = ds[v].values
+def variables(ds: xr.Dataset, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{name: (basin, time) values}``, each read from ``ds`` or derived (:data:`contract.DERIVED`)."""
+    out = {}
+    for n in names:
+        if n in ds:
+            out[n] = ds[n].values
+        elif n in contract.DERIVED:
+            sources, fn = contract.DERIVED[n]
+            out[n] = fn(*(ds[v].values for v in sources))
+        else:
+            raise contract.DataError(f"dataset lacks variable {n!r}")
     return out
 
 
 def fit_normalizer(cfg: DataConfig, ds: xr.Dataset) -> Normalizer:
     train = ds.sel(time=slice(*cfg.train))
-    arr = forcing_arrays(train)
-    return Normalizer.fit({v: arr[v] for v in cfg.net_forcing}, train, cfg.attributes)
+    return Normalizer.fit(variables(train, cfg.net_forcing), train, cfg.attributes)
 
 
-def prepare(cfg: DataConfig, ds: xr.Dataset, norm: Normalizer, start: str, end: str,
-            dtype=jnp.float32) -> tuple[Arrays, pd.DatetimeIndex]:
-    """Dense arrays of all selected basins over ``start..end``."""
+def prepare(cfg: DataConfig, ds: xr.Dataset, norm: Normalizer, start: str, end: str, *,
+            forcing: Sequence[str], dtype=jnp.float32) -> tuple[Arrays, pd.DatetimeIndex]:
+    """Dense arrays of all selected basins over ``start..end``; ``forcing`` names the
+    process model's forcing (``model.forcing``), which becomes ``Arrays.forcing``."""
     sub = ds.sel(time=slice(start, end))
-    arr = forcing_arrays(sub)
-    forcing = np.stack([arr["prcp"], arr["tmean"], arr["pet"]], axis=-1)
+    arr = variables(sub, list(dict.fromkeys([*forcing, *norm.dynamic])))
     obs = sub[cfg.target].values
     train_obs = ds[cfg.target].sel(time=slice(*cfg.train)).values
     obs_std = np.nanstd(train_obs, axis=1)
     arrays = Arrays(
-        forcing=jnp.asarray(forcing, dtype),
+        forcing={n: jnp.asarray(arr[n], dtype) for n in forcing},
         x_dynamic=jnp.asarray(norm.dynamic_inputs({v: arr[v] for v in norm.dynamic}), dtype),
         x_static=jnp.asarray(norm.static_inputs(sub), dtype),
         obs=jnp.asarray(obs, dtype),

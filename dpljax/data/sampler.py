@@ -30,7 +30,7 @@ def sample_batch(key: jax.Array, arrays: Arrays, n_basins: int, length: int):
         return jax.vmap(one)(idx, start)
 
     batch = Arrays(
-        forcing=window(arrays.forcing),
+        forcing=jax.tree.map(window, arrays.forcing),
         x_dynamic=window(arrays.x_dynamic),
         x_static=arrays.x_static[idx],
         obs=window(arrays.obs),

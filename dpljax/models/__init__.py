@@ -1,6 +1,12 @@
-"""Process models as pure functions (no Flax, Optax or Hydra in here)."""
-from . import hbv, routing
-from .base import MODELS, Forcing, ProcessModel, register_model
-from .hbv import HBV
+"""Process models as pure functions (no Flax, Optax or Hydra in here).
 
-__all__ = ["MODELS", "Forcing", "ProcessModel", "register_model", "HBV", "hbv", "routing"]
+Every model follows the protocol of :mod:`dpljax.models.base` and registers itself in
+:data:`MODELS`; importing this package registers the built-in ones.
+"""
+from . import base, hbv, routing
+from .base import ADJOINTS, MODELS, Output, ProcessModel, register_model, run, simulate
+from .hbv import HBV
+from .routing import GammaRouting
+
+__all__ = ["ADJOINTS", "MODELS", "GammaRouting", "HBV", "Output", "ProcessModel", "base", "hbv",
+           "register_model", "routing", "run", "simulate"]

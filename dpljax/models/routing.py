@@ -37,3 +37,33 @@ def route(q, w):
     for k in range(n):  # n = 15 shifted adds; cheaper than an FFT or a grouped conv here
         out = out + w[..., k : k + 1] * qp[..., n - 1 - k : n - 1 - k + n_t]
     return out
+
+
+class GammaRouting:
+    """The gamma unit hydrograph as a routing of a model's component-averaged runoff.
+
+    One ``(route_a, route_b)`` pair per basin (:data:`BOUNDS`); ``__call__(q (B, T), params)``
+    returns the routed flow. A PyTree with no leaves (``n_taps`` is static).
+    """
+
+    def __init__(self, n_taps: int = N_TAPS):
+        self.n_taps = int(n_taps)
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        return dict(BOUNDS)
+
+    def __call__(self, q, params):
+        return route(q, unit_hydrograph(params["route_a"], params["route_b"], self.n_taps))
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.n_taps == self.n_taps
+
+    def __hash__(self):
+        return hash((type(self), self.n_taps))
+
+    def __repr__(self):
+        return f"GammaRouting(n_taps={self.n_taps})"
+
+
+jax.tree_util.register_pytree_node(GammaRouting, lambda r: ((), r.n_taps), lambda n, _: GammaRouting(n))

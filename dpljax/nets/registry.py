@@ -1,12 +1,9 @@
 """Name -> network class, so configs can name a network instead of branching on it."""
-NETS: dict = {}
+from ..registry import Registry
+
+NETS: Registry = Registry("net")
 
 
 def register_net(name: str):
-    def deco(cls):
-        if name in NETS:
-            raise ValueError(f"network {name!r} is registered twice")
-        NETS[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: ``@register_net("mlp")`` adds a network to :data:`NETS`."""
+    return NETS.register(name)
