@@ -6,7 +6,9 @@ at once (Tsai et al. 2021, Nature Communications 12, 5988).
 """
 from . import data, losses, metrics, models, nets
 from .dpl import DPL
-from .experiment import ConfigError, build, evaluate_run, run_experiment
+from .config import ConfigError
+from .evaluate import evaluate_run
+from .experiment import build, run_experiment
 from .losses import LOSSES, NSEBatch, RMSECombined
 from .dpl import Hydrology, NetworkSource, TableSource
 from .models import HBV, MODELS, ProcessModel

@@ -38,7 +38,7 @@ def _train(cfg) -> float:
 
         return run_pub(config, run_dir, n_folds=int(pub["n_folds"]), seed=int(pub["seed"]))["median_nse"]
     if config["train"].get("resume"):  # the run's saved config governs; see README "Resume"
-        from .experiment import resume_config
+        from .resume import resume_config
 
         config = resume_config(config, run_dir, list(HydraConfig.get().overrides.task))
     summary = run_experiment(config, run_dir)
@@ -58,11 +58,11 @@ def _evaluate(argv):
     p.add_argument("run_dir")
     args = p.parse_args(argv)
     if (Path(args.run_dir) / "pub.json").exists():
-        from .pub import evaluate_pub
+        from .evaluate import evaluate_pub
 
         evaluate_pub(args.run_dir)
         return
-    from .experiment import evaluate_run
+    from .evaluate import evaluate_run
 
     evaluate_run(args.run_dir)
 

@@ -5,19 +5,28 @@ no dropout) in chunks of basins, and scores only the period itself.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
+import yaml
+from flax import nnx
 
 from . import metrics as M
-from .data.dataset import Arrays
+from .checkpoint import load_checkpoint
+from .data.dataset import Arrays, load, load_with_report, prepare, test_start_with_warmup
+from .data.normalize import Normalizer
 from .dpl import DPL, TableSource, simulate
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 
 def predict(dpl: DPL, source, theta, arrays: Arrays, *, chunk: int = 64,
@@ -125,3 +134,87 @@ def nse_cdf(path: str | Path, table: pd.DataFrame, title: str = "test") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------ an experiment's periods
+def _median_nse(exp: Experiment, graphdef, state, arrays, basins, skip) -> float:
+    q = predict(exp.dpl, graphdef, state, arrays)
+    return float(np.nanmedian(score(q, np.asarray(arrays.obs), basins, skip)["nse"]))
+
+
+def period_arrays(exp: Experiment, ds, norm: Normalizer, period):
+    start = test_start_with_warmup(exp.data, ds, period)
+    arrays, times = prepare(exp.data, ds, norm, start, period[1], forcing=exp.dpl.model.forcing)
+    skip = int(np.searchsorted(times.values, np.datetime64(period[0])))
+    return arrays, times, skip
+
+
+def evaluate_period(exp: Experiment, ds, norm: Normalizer, graphdef, state, period, out_dir: Path,
+                    name: str = "test", write: bool = True):
+    """Predict ``period`` (after its warm-up) and write metrics, predictions and figures."""
+    arrays, times, skip = period_arrays(exp, ds, norm, period)
+    basins = ds["basin"].values.tolist()
+    q = predict(exp.dpl, graphdef, state, arrays)
+    obs = np.asarray(arrays.obs)
+    table = score(q, obs, basins, skip)
+    if write:
+        table.to_csv(out_dir / f"metrics_{name}.csv", float_format="%.6f")
+        write_predictions(out_dir / f"predictions_{name}.zarr", q[:, skip:], obs[:, skip:], basins, times[skip:])
+        figures(out_dir / "figures", q[:, skip:], obs[:, skip:], basins, times[skip:], table)
+    return table
+
+
+def load_test_data(exp: Experiment, ds=None, log=print):
+    """The basins scored on the test period: the training basins (``ds``, loaded here when
+    not given), or ``data.test_basins`` (PUB: basins never trained on, which need no
+    training-period observations)."""
+    if exp.data.test_basins is None:
+        return load(exp.data, log=log, forcing=exp.dpl.model.forcing) if ds is None else ds
+    cfg = replace(exp.data, basins=exp.data.test_basins, test_basins=None)
+    test_ds, _ = load_with_report(cfg, log=log, require_train_obs=False, forcing=exp.dpl.model.forcing)
+    return test_ds
+
+
+def summarise(table, **extra) -> dict:
+    nse, kge = table["nse"].values, table["kge"].values
+    return {"median_nse": float(np.nanmedian(nse)), "mean_nse": float(np.nanmean(nse)),
+            "median_kge": float(np.nanmedian(kge)), "mean_kge": float(np.nanmean(kge)),
+            "n_basins": int(len(table)), "n_obs_scored": int(table["n_obs"].sum()), **extra}
+
+
+def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
+    """Re-run a saved model on its test period and recompute its metrics from scratch."""
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    from .experiment import build
+
+    exp = build(config)
+    ds = load_test_data(exp, log=log)
+    norm = Normalizer.from_json(run_dir / "normalizer.json")
+    n_dyn, n_static = len(norm.dynamic), len(norm.static)
+    net = exp.make_net(n_dyn, n_static)
+    graphdef, like = nnx.split(net)
+    state, _ = load_checkpoint(run_dir / "weights.npz", like)
+    out = run_dir / "evaluation" if write else run_dir
+    out.mkdir(exist_ok=True)
+    table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, out, write=write)
+    summary = summarise(table)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"median test NSE: {summary['median_nse']:.4f}")
+    return summary
+
+
+def evaluate_pub(run_dir: str | Path, log=print) -> dict:
+    """Re-run every fold's saved model on its held-out basins and pool the metrics again."""
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / "pub.json").read_text())["spec"]
+    out = run_dir / "evaluation"
+    out.mkdir(exist_ok=True)
+    tables = []
+    for k in range(spec["n_folds"]):
+        evaluate_run(run_dir / f"fold_{k}", log=lambda *a: None)
+        tables.append(pd.read_csv(run_dir / f"fold_{k}" / "evaluation" / "metrics_test.csv",
+                                  index_col=0, dtype={"basin": str}))
+    from .pub import _pool
+
+    return _pool(out, tables, {"n_folds": spec["n_folds"]}, log)

@@ -10,16 +10,14 @@ to reproduce and re-evaluate a run::
 """
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 import json
 import math
 import os
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from functools import partial
 from typing import Any, Callable
@@ -32,8 +30,7 @@ import yaml
 from flax import nnx
 
 from . import evaluate as E
-from .data.dataset import (DataConfig, LoadReport, fit_normalizer, load, load_with_report, prepare,
-                           test_start_with_warmup)
+from .data.dataset import DataConfig, LoadReport, fit_normalizer, load_with_report, prepare
 from .data.normalize import Normalizer
 from .dpl import DPL, Hydrology
 from .losses import LOSSES
@@ -41,32 +38,12 @@ from .models.base import MODELS
 from .nets.registry import NETS
 from .params import ParameterSpace
 from .schedules import make_schedule
-from .train import (RESUMABLE_CHANGES, ResumeError, TrainConfig, _flat, _resume_differences, fit,
-                    load_checkpoint, read_checkpoint_meta, save_checkpoint)
+from .checkpoint import read_checkpoint_meta, save_checkpoint
+from .config import ConfigError, check_options, dataclass_section, is_int, is_number, lookup, section
+from .resume import ResumeError, differences, experiment_view, flat
+from .train import TrainConfig, fit
 
 SECTIONS = ("model", "net", "loss", "optim", "data", "train")
-
-
-class ConfigError(ValueError):
-    """The experiment config is inconsistent; raised before any compute."""
-
-
-def _dataclass(cls, section: str, values: dict):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in '{section}' (known: {sorted(known)})")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        msg = str(e)
-        raise ConfigError(msg if msg.startswith(f"{section}.") else f"'{section}': {msg}") from e
-
-
-def _lookup(registry: dict, section: str, name: str):
-    if name not in registry:
-        raise ConfigError(f"{section}.name={name!r} is not registered (choose from {sorted(registry)})")
-    return registry[name]
 
 
 @dataclass
@@ -95,64 +72,10 @@ def _scheduled_optimizer(make, options: dict, schedule: dict, total: int) -> opt
     return make(**{**options, "learning_rate": make_schedule(schedule, options["learning_rate"], total)})
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-
-
-def _section(config: dict, name: str) -> dict:
-    v = config[name]
-    if v is None:
-        v = {}
-    if not isinstance(v, dict):
-        raise ConfigError(f"config section '{name}' must be a mapping of keys to values, got {v!r}")
-    return dict(v)
-
-
-def _keyword_options(cls, skip=("self", "rngs", "param_dtype")) -> set[str] | None:
-    """Names ``cls(...)`` accepts as options; ``None`` when it takes ``**kwargs``."""
-    params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.name not in skip
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-
-
-def _check_options(cls, section: str, options: dict, fixed: tuple = ()) -> None:
-    known = _keyword_options(cls)
-    if known is None:
-        return
-    known -= set(fixed)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in '{section}' (known: {sorted(known) + ['name']})")
-    # The type of each option's default says what the option takes.
-    sig = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
-    for k, v in options.items():
-        d = sig[k].default
-        if d is inspect.Parameter.empty or d is None or v is None:
-            continue
-        if isinstance(d, bool):
-            ok, what = isinstance(v, bool), "true or false"
-        elif _is_number(d):
-            ok, what = _is_number(v), "a number"
-        elif isinstance(d, (tuple, list)):
-            ok, what = isinstance(v, (tuple, list)), "a list"
-        elif isinstance(d, str):
-            ok, what = isinstance(v, str), "a string"
-        else:
-            continue
-        if not ok:
-            raise ConfigError(f"{section}.{k} must be {what}, got {v!r} ({type(v).__name__})")
-
-
 def _build_model(mc: dict):
-    model_cls = _lookup(MODELS, "model", mc.pop("name", None))
+    model_cls = lookup(MODELS, "model", mc.pop("name", None))
     nmul = mc.pop("nmul", 16)
-    if not _is_int(nmul) or nmul < 1:
+    if not is_int(nmul) or nmul < 1:
         raise ConfigError(f"model.nmul must be an integer >= 1, got {nmul!r}")
     dynamic = mc.pop("dynamic", ()) or ()
     if isinstance(dynamic, str) or not isinstance(dynamic, (list, tuple)) \
@@ -170,7 +93,7 @@ def _build_model(mc: dict):
     if mc:
         raise ConfigError(f"unknown key(s) {sorted(mc)} in 'model' "
                           "(known: ['bounds', 'dynamic', 'name', 'nmul', 'options', 'routing'])")
-    _check_options(model_cls, "model.options", options)
+    check_options(model_cls, "model.options", options)
     try:
         model = model_cls(**options)
     except (TypeError, ValueError) as e:
@@ -181,7 +104,7 @@ def _build_model(mc: dict):
             raise ConfigError(f"model.bounds: {k!r} is not a parameter of {model_cls.name} "
                               f"(parameters: {list(bounds)})")
         if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or len(v) != 2 \
-                or not all(_is_number(x) and math.isfinite(x) for x in v):
+                or not all(is_number(x) and math.isfinite(x) for x in v):
             raise ConfigError(f"model.bounds.{k} must be a pair [lo, hi] of finite numbers, got {v!r}")
         if not float(v[0]) < float(v[1]):
             raise ConfigError(f"model.bounds.{k}: lower bound {v[0]} must be < upper bound {v[1]}")
@@ -209,30 +132,30 @@ def build(config: dict) -> Experiment:
     unknown = sorted(set(config) - set(SECTIONS) - {"name"})
     if unknown:
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
-    dpl = _build_model(_section(config, "model"))
+    dpl = _build_model(section(config, "model"))
     space = dpl.space
-    nc = _section(config, "net")
+    nc = section(config, "net")
     net_name = nc.pop("name", None)
-    net_cls = _lookup(NETS, "net", net_name)
-    _check_options(net_cls, "net", nc, fixed=("n_dynamic", "n_static", "n_out"))
+    net_cls = lookup(NETS, "net", net_name)
+    check_options(net_cls, "net", nc, fixed=("n_dynamic", "n_static", "n_out"))
     if space.dynamic and not net_cls.is_sequence:
         raise ConfigError(f"model.dynamic={list(space.dynamic)} needs a sequence network (net=lstm); "
                           f"net={net_name!r} gives static parameters only")
-    lc = _section(config, "loss")
-    loss_cls = _lookup(LOSSES, "loss", lc.pop("name", None))
-    _check_options(loss_cls, "loss", lc)
+    lc = section(config, "loss")
+    loss_cls = lookup(LOSSES, "loss", lc.pop("name", None))
+    check_options(loss_cls, "loss", lc)
     try:
         loss = loss_cls(**lc)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"'loss': {e}") from e
-    oc = _section(config, "optim")
+    oc = section(config, "optim")
     oname = oc.pop("name", None)
     schedule = oc.pop("schedule", None)
     if not isinstance(oname, str) or not callable(getattr(optax, oname, None)):
         raise ConfigError(f"optim.name={oname!r} is not an Optax optimiser")
-    _check_options(getattr(optax, oname), "optim", oc)
+    check_options(getattr(optax, oname), "optim", oc)
     lr = oc.get("learning_rate")
-    if lr is not None and not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
+    if lr is not None and not (is_number(lr) and lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"optim.learning_rate must be a number > 0, got {lr!r}")
     if schedule is not None and lr is None:
         raise ConfigError("optim.schedule needs optim.learning_rate (the peak of the schedule)")
@@ -251,8 +174,8 @@ def build(config: dict) -> Experiment:
         except ValueError as e:
             raise ConfigError(str(e)) from e
         tx = partial(_scheduled_optimizer, getattr(optax, oname), oc, dict(schedule))
-    data = _dataclass(DataConfig, "data", _section(config, "data"))
-    train = _dataclass(TrainConfig, "train", _section(config, "train"))
+    data = dataclass_section(DataConfig, "data", section(config, "data"))
+    train = dataclass_section(TrainConfig, "train", section(config, "train"))
     n_days = (np.datetime64(data.train[1]) - np.datetime64(data.train[0])).astype(int) + 1
     if train.warmup + train.window > n_days:
         raise ConfigError(f"train.warmup + train.window = {train.warmup} + {train.window} days is longer "
@@ -284,16 +207,6 @@ def check_against_data(exp: Experiment, ds, report: LoadReport | None = None) ->
                           f"experiment trains on{why}; set train.batch_basins <= {n}")
 
 
-def _resume_view(exp: Experiment) -> dict:
-    """The parts of an experiment a resumed run must share with its checkpoint (the train
-    section is compared by :func:`dpljax.train.fit`; the data's location may move)."""
-    data = asdict(exp.data)
-    data.pop("source")
-    view = {s: exp.config[s] for s in ("model", "net", "loss", "optim")}
-    view["data"] = data
-    return json.loads(json.dumps(view))
-
-
 def _fingerprint(arrays) -> str:
     h = hashlib.sha256()
     for a in jax.tree.leaves(arrays):
@@ -301,50 +214,6 @@ def _fingerprint(arrays) -> str:
         h.update(str((a.shape, a.dtype.str)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def resume_config(composed: dict, run_dir: str | Path, overrides: list[str], log=print) -> dict:
-    """The config of a resumed command-line run: the run's saved ``config.yaml``, with the
-    command line's changes of :data:`~dpljax.train.RESUMABLE_CHANGES` (e.g. ``train.epochs``)
-    applied. Any other override that contradicts the saved config is a :class:`ConfigError`;
-    overrides of whole config trees (``experiment=...``) are ignored: the saved run governs.
-    """
-    saved_path = Path(run_dir) / "config.yaml"
-    if not saved_path.exists():
-        return composed
-    saved = yaml.safe_load(saved_path.read_text())
-    out = copy.deepcopy(saved)
-    out.setdefault("train", {})["resume"] = True
-    missing = object()
-
-    def get(d, parts):
-        for p in parts:
-            if not isinstance(d, dict) or p not in d:
-                return missing
-            d = d[p]
-        return d
-
-    conflicts = []
-    for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        parts = key.split(".")
-        if parts[0] not in SECTIONS:
-            continue
-        new, old = get(composed, parts), get(saved, parts)
-        if json.dumps(new, sort_keys=True, default=str) == json.dumps(old, sort_keys=True, default=str):
-            continue
-        if len(parts) == 2 and parts[0] == "train" and parts[1] in RESUMABLE_CHANGES:
-            out["train"][parts[1]] = new
-            if parts[1] != "resume":
-                log(f"resume: {key} changed from {old!r} to {new!r}")
-        else:
-            conflicts.append(f"{key} (saved: {'absent' if old is missing else repr(old)}, "
-                             f"now: {'absent' if new is missing else repr(new)})")
-    if conflicts:
-        raise ConfigError(f"cannot resume {run_dir} with a different configuration: "
-                          f"{'; '.join(conflicts)}. A resumed run may change only "
-                          f"{['train.' + k for k in RESUMABLE_CHANGES]}")
-    return out
 
 
 def run_info() -> dict:
@@ -377,51 +246,6 @@ def write_run_info(run_dir: Path, resumed: dict | None = None) -> dict:
     return info
 
 
-def _median_nse(exp: Experiment, graphdef, state, arrays, basins, skip) -> float:
-    q = E.predict(exp.dpl, graphdef, state, arrays)
-    return float(np.nanmedian(E.score(q, np.asarray(arrays.obs), basins, skip)["nse"]))
-
-
-def period_arrays(exp: Experiment, ds, norm: Normalizer, period):
-    start = test_start_with_warmup(exp.data, ds, period)
-    arrays, times = prepare(exp.data, ds, norm, start, period[1], forcing=exp.dpl.model.forcing)
-    skip = int(np.searchsorted(times.values, np.datetime64(period[0])))
-    return arrays, times, skip
-
-
-def evaluate_period(exp: Experiment, ds, norm: Normalizer, graphdef, state, period, out_dir: Path,
-                    name: str = "test", write: bool = True):
-    """Predict ``period`` (after its warm-up) and write metrics, predictions and figures."""
-    arrays, times, skip = period_arrays(exp, ds, norm, period)
-    basins = ds["basin"].values.tolist()
-    q = E.predict(exp.dpl, graphdef, state, arrays)
-    obs = np.asarray(arrays.obs)
-    table = E.score(q, obs, basins, skip)
-    if write:
-        table.to_csv(out_dir / f"metrics_{name}.csv", float_format="%.6f")
-        E.write_predictions(out_dir / f"predictions_{name}.zarr", q[:, skip:], obs[:, skip:], basins, times[skip:])
-        E.figures(out_dir / "figures", q[:, skip:], obs[:, skip:], basins, times[skip:], table)
-    return table
-
-
-def load_test_data(exp: Experiment, ds=None, log=print):
-    """The basins scored on the test period: the training basins (``ds``, loaded here when
-    not given), or ``data.test_basins`` (PUB: basins never trained on, which need no
-    training-period observations)."""
-    if exp.data.test_basins is None:
-        return load(exp.data, log=log, forcing=exp.dpl.model.forcing) if ds is None else ds
-    cfg = replace(exp.data, basins=exp.data.test_basins, test_basins=None)
-    test_ds, _ = load_with_report(cfg, log=log, require_train_obs=False, forcing=exp.dpl.model.forcing)
-    return test_ds
-
-
-def summarise(table, **extra) -> dict:
-    nse, kge = table["nse"].values, table["kge"].values
-    return {"median_nse": float(np.nanmedian(nse)), "mean_nse": float(np.nanmean(nse)),
-            "median_kge": float(np.nanmedian(kge)), "mean_kge": float(np.nanmean(kge)),
-            "n_basins": int(len(table)), "n_obs_scored": int(table["n_obs"].sum()), **extra}
-
-
 def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     """Train and test one experiment; everything lands in ``run_dir``. Returns the summary.
 
@@ -438,7 +262,7 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
             raise ConfigError(f"{run_dir} already holds a training run ({last}); pass "
                               "train.resume=true to continue it, or choose a new run directory")
         old = read_checkpoint_meta(last)
-        diffs = _resume_differences(old, exp.train, {"experiment": _resume_view(exp)})
+        diffs = differences(old, exp.train, {"experiment": experiment_view(exp)})
         if diffs:
             raise ResumeError(f"cannot resume from {last}: " + "; ".join(diffs))
     elif exp.train.resume:
@@ -452,7 +276,7 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     norm = fit_normalizer(exp.data, ds)
     norm_d = json.loads(json.dumps(asdict(norm)))
     if old is not None and old.get("normalizer") is not None:
-        if _flat(old["normalizer"]) != _flat(norm_d):
+        if flat(old["normalizer"]) != flat(norm_d):
             raise ResumeError(f"cannot resume from {last}: the normalisation statistics of the data "
                               "differ from those stored in the checkpoint (did the data change?)")
         norm = Normalizer(dynamic={k: tuple(v) for k, v in old["normalizer"]["dynamic"].items()},
@@ -480,9 +304,9 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     graphdef = nnx.graphdef(net)
     validate = None
     if exp.data.valid is not None:
-        v_arrays, _, v_skip = period_arrays(exp, ds, norm, exp.data.valid)
-        validate = lambda state: _median_nse(exp, graphdef, state, v_arrays, basins, v_skip)
-    meta = {"experiment": _resume_view(exp), "normalizer": norm_d,
+        v_arrays, _, v_skip = E.period_arrays(exp, ds, norm, exp.data.valid)
+        validate = lambda state: E._median_nse(exp, graphdef, state, v_arrays, basins, v_skip)
+    meta = {"experiment": experiment_view(exp), "normalizer": norm_d,
             "data_fingerprint": _fingerprint(train_arrays)}
     result = fit(exp.dpl, net, exp.tx, exp.loss, train_arrays, exp.train, run_dir=run_dir,
                  validate=validate, basins=basins, log=log, meta=meta)
@@ -490,14 +314,14 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     state = result.best_state if result.best_state is not None else result.net_state
     save_checkpoint(run_dir / "weights.npz", state, {"step": result.step,
                                                      "which": "best" if result.best_state is not None else "last"})
-    table = evaluate_period(exp, load_test_data(exp, ds, log), norm, graphdef, state, exp.data.test, run_dir)
+    table = E.evaluate_period(exp, E.load_test_data(exp, ds, log), norm, graphdef, state, exp.data.test, run_dir)
     test_missing = table["n_missing"].astype(int)
     log(f"test: {int(test_missing.sum())} missing observations masked")
     if result.skipped_steps:
         log(f"training: {result.skipped_steps} step(s) skipped for a non-finite loss, gradient or "
             "update (see summary.json: skipped_batches)")
     data_report(test_missing)
-    summary = summarise(table, train_wall_time_s=result.wall_time, steps=result.step,
+    summary = E.summarise(table, train_wall_time_s=result.wall_time, steps=result.step,
                         skipped_steps=result.skipped_steps, skipped_batches=result.skipped_batches[:20],
                         resumed_from_step=result.resumed_from,
                         train_obs_masked=n_masked, test_obs_masked=int(test_missing.sum()),
@@ -506,25 +330,5 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
                                        for k, w in report.warnings.items()},
                         git_commit=info["git_commit"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"median test NSE: {summary['median_nse']:.4f}")
-    return summary
-
-
-def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
-    """Re-run a saved model on its test period and recompute its metrics from scratch."""
-    run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    exp = build(config)
-    ds = load_test_data(exp, log=log)
-    norm = Normalizer.from_json(run_dir / "normalizer.json")
-    n_dyn, n_static = len(norm.dynamic), len(norm.static)
-    net = exp.make_net(n_dyn, n_static)
-    graphdef, like = nnx.split(net)
-    state, _ = load_checkpoint(run_dir / "weights.npz", like)
-    out = run_dir / "evaluation" if write else run_dir
-    out.mkdir(exist_ok=True)
-    table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, out, write=write)
-    summary = summarise(table)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     log(f"median test NSE: {summary['median_nse']:.4f}")
     return summary

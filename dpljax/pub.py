@@ -19,13 +19,9 @@ import yaml
 
 from . import evaluate as E
 from .data.dataset import open_source, select_basins
-from .experiment import ConfigError, evaluate_run, run_experiment, summarise, write_run_info
-from .train import RESUMABLE_CHANGES, _changes
-
-# What may change when a cross-validation is continued: nothing that alters what a fold learns,
-# since finished folds are pooled with the ones trained now (train.epochs may change when a
-# single run is resumed, but not here). The data's location may move.
-PUB_RESUMABLE = tuple(f"train.{k}" for k in RESUMABLE_CHANGES if k not in ("epochs", "nan_policy")) + ("data.source",)
+from .evaluate import summarise
+from .experiment import run_experiment, write_run_info
+from .resume import check_pub_config
 
 
 def folds(basins, n_folds: int = 10, seed: int = 0) -> list[list[str]]:
@@ -62,20 +58,6 @@ def _pool(run_dir: Path, tables: list[pd.DataFrame], extra: dict, log) -> dict:
     return summary
 
 
-def _check_same_config(run_dir: Path, config: dict) -> None:
-    """Refuse to continue a cross-validation with a config its finished folds were not trained with."""
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    saved = yaml.safe_load(path.read_text())
-    saved.pop("pub", None)
-    diffs = [f"{k} (saved: {o!r}, now: {n!r})" for k, o, n in _changes(saved, config, PUB_RESUMABLE)]
-    if diffs:
-        raise ConfigError(f"cannot continue the PUB run in {run_dir} with a different configuration: "
-                          f"{'; '.join(diffs)}. Its folds are pooled, so a continued run may change "
-                          f"only {list(PUB_RESUMABLE)}; start a new run directory instead")
-
-
 def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0, log=print) -> dict:
     """Run (or continue) a ``n_folds``-fold PUB cross-validation in ``run_dir``."""
     run_dir = Path(run_dir)
@@ -86,7 +68,7 @@ def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0,
     if continued:
         if json.loads(spec_path.read_text())["spec"] != spec:
             raise ValueError(f"{run_dir} holds a PUB run with {spec_path.read_text()}; asked for {spec}")
-        _check_same_config(run_dir, config)
+        check_pub_config(run_dir, config)
     configs = fold_configs(config, n_folds, seed)
     spec_path.write_text(json.dumps({"spec": spec, "folds": [c["data"]["test_basins"] for c in configs]}, indent=1))
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "pub": spec}, sort_keys=False))
@@ -104,17 +86,3 @@ def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0,
         wall += json.loads((fold_dir / "summary.json").read_text()).get("train_wall_time_s", 0.0)
     return _pool(run_dir, tables, {"n_folds": n_folds, "train_wall_time_s": wall,
                                    "git_commit": info["git_commit"]}, log)
-
-
-def evaluate_pub(run_dir: str | Path, log=print) -> dict:
-    """Re-run every fold's saved model on its held-out basins and pool the metrics again."""
-    run_dir = Path(run_dir)
-    spec = json.loads((run_dir / "pub.json").read_text())["spec"]
-    out = run_dir / "evaluation"
-    out.mkdir(exist_ok=True)
-    tables = []
-    for k in range(spec["n_folds"]):
-        evaluate_run(run_dir / f"fold_{k}", log=lambda *a: None)
-        tables.append(pd.read_csv(run_dir / f"fold_{k}" / "evaluation" / "metrics_test.csv",
-                                  index_col=0, dtype={"basin": str}))
-    return _pool(out, tables, {"n_folds": spec["n_folds"]}, log)

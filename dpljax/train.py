@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,8 +24,10 @@ from flax import nnx
 
 from .data.dataset import Arrays
 from .data.sampler import iterations_per_epoch, sample_batch
+from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .dpl import DPL, NetworkSource, simulate
 from .parallel import basin_mesh, replicate, shard_basins
+from .resume import ResumeError, differences
 
 
 @dataclass
@@ -98,16 +99,6 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
 
 
-#: TrainConfig fields a resumed run may change: they do not alter the parameters' trajectory
-#: (``devices`` changes only the order of floating-point sums).
-RESUMABLE_CHANGES = ("epochs", "nan_policy", "valid_every", "checkpoint_every",
-                     "checkpoint_minutes", "resume", "progress", "devices")
-
-
-class ResumeError(ValueError):
-    """A checkpoint cannot be continued with this configuration or data."""
-
-
 class NonFiniteLoss(FloatingPointError):
     """A step produced a NaN/inf loss or gradient under ``nan_policy='halt'``."""
 
@@ -177,113 +168,6 @@ def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn:
     return TrainStep(jax.jit(step_fn, donate_argnums=(1, 2)), dpl)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, tree: Any, meta: dict) -> None:
-    """Write ``tree``'s leaves and ``meta`` atomically: a crash leaves the old file intact.
-
-    The file is written beside its target, flushed to disk, then renamed over it (an atomic
-    operation on POSIX file systems), and the directory entry is synced.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                     **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some file systems cannot sync a directory; the rename is still atomic
-        pass
-
-
-def read_checkpoint_meta(path: str | Path) -> dict:
-    """The metadata of a checkpoint, without loading its arrays."""
-    with np.load(path) as z:
-        return json.loads(z["__meta__"].tobytes().decode())
-
-
-def load_checkpoint(path: str | Path, like: Any) -> tuple[Any, dict]:
-    """Restore a tree with the structure of ``like`` and return it with the metadata."""
-    with np.load(path) as z:
-        meta = json.loads(z["__meta__"].tobytes().decode())
-        leaves_like, treedef = jax.tree.flatten(like)
-        n = sum(1 for k in z.files if k.startswith("leaf_"))
-        if n != len(leaves_like):
-            raise ValueError(f"checkpoint {path} holds {n} arrays, the model needs {len(leaves_like)}"
-                             " (was it written by a different network or optimizer?)")
-        leaves = []
-        for i, ref in enumerate(leaves_like):
-            a = z[f"leaf_{i}"]
-            if a.shape != np.shape(ref):
-                raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(ref)}")
-            leaves.append(jnp.asarray(a, dtype=jnp.asarray(ref).dtype))
-    return jax.tree.unflatten(treedef, leaves), meta
-
-
-def _flat(d: Any, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` after a JSON round trip (tuples become lists)."""
-    d = json.loads(json.dumps(d))
-    out = {}
-
-    def walk(x, p):
-        if isinstance(x, dict) and x:
-            for k, v in x.items():
-                walk(v, f"{p}.{k}" if p else str(k))
-        else:
-            out[p] = x
-
-    walk(d, prefix)
-    return out
-
-
-def _changes(old: Any, new: Any, ignore=()) -> list[tuple[str, Any, Any]]:
-    """``(key, old value, new value)`` for each flattened key (see :func:`_flat`) where two
-    nested configs differ, ``"<absent>"`` standing for a side that lacks the key; keys in
-    ``ignore`` are skipped."""
-    a, b = _flat(old), _flat(new)
-    return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
-            if k not in ignore and a.get(k, "<absent>") != b.get(k, "<absent>")]
-
-
-def _resume_differences(old_meta: dict, cfg: TrainConfig, meta: dict, *, ipe: int | None = None,
-                        key_data: list | None = None, basins=None) -> list[str]:
-    """What keeps a checkpoint from being continued bit-for-bit by this run."""
-    diffs = []
-    old_cfg, new_cfg = old_meta.get("config", {}), asdict(cfg)
-    for k, v in new_cfg.items():
-        if k not in RESUMABLE_CHANGES and k in old_cfg and old_cfg[k] != v:
-            diffs.append(f"train.{k} was {old_cfg[k]!r}, now {v!r}")
-    if key_data is not None and old_meta.get("key_data") not in (None, key_data) and not diffs:
-        diffs.append("the random key derived from train.seed differs")
-    if ipe is not None and old_meta.get("iters_per_epoch") not in (None, ipe):
-        diffs.append(f"iterations per epoch were {old_meta['iters_per_epoch']}, now {ipe}")
-    if basins is not None and old_meta.get("basins") is not None and \
-            old_meta["basins"] != [str(b) for b in basins]:
-        diffs.append(f"the training basins differ ({len(old_meta['basins'])} in the checkpoint, "
-                     f"{len(basins)} now)")
-    for k, v in meta.items():
-        if k not in old_meta:
-            continue
-        changed = _changes(old_meta[k], v)
-        if changed:
-            shown = ", ".join(f"{x}: {o!r} -> {n!r}" for x, o, n in changed[:6])
-            more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
-            diffs.append(f"{k} differs: {shown}{more}")
-    return diffs
-
-
 # ---------------------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
@@ -347,7 +231,7 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
     last = ckpt_dir / "last.npz" if ckpt_dir is not None else None
     if cfg.resume and last is not None and last.exists():
         old = read_checkpoint_meta(last)
-        diffs = _resume_differences(old, cfg, meta, ipe=ipe, key_data=key_data, basins=basins)
+        diffs = differences(old, cfg, meta, ipe=ipe, key_data=key_data, basins=basins)
         old_epochs = old.get("config", {}).get("epochs", cfg.epochs)
         if scheduled and old_epochs != cfg.epochs:
             diffs.append(f"train.epochs was {old_epochs}, now {cfg.epochs}, and the learning-rate "

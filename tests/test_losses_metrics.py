@@ -73,3 +73,22 @@ def test_metrics_table_counts_observations():
 
 def test_log_sqrt_q_finite_gradient_at_zero():
     assert np.isfinite(jax.grad(lambda q: log_sqrt_q(q))(0.0))
+
+
+@pytest.mark.parametrize("name", ["rmse_combined", "nse_batch"])
+def test_per_basin_loss_is_each_basin_alone(name):
+    from dpljax.losses import LOSSES
+
+    rng = np.random.default_rng(5)
+    pred, obs = rng.gamma(1.0, 1.0, (4, 50)), rng.gamma(1.0, 1.0, (4, 50))
+    obs[1, :20] = np.nan
+    std = np.nanstd(obs, axis=1)
+    loss = LOSSES[name]()
+    per = np.asarray(loss.per_basin(jnp.asarray(pred), jnp.asarray(obs), jnp.asarray(std)))
+    assert per.shape == (4,)
+    for i in range(4):
+        alone = float(loss(jnp.asarray(pred[i:i + 1]), jnp.asarray(obs[i:i + 1]), jnp.asarray(std[i:i + 1])))
+        assert per[i] == pytest.approx(alone, rel=1e-6)
+    # a basin's loss has gradient in its own predictions only
+    g = jax.grad(lambda p: loss.per_basin(p, jnp.asarray(obs), jnp.asarray(std))[2])(jnp.asarray(pred))
+    assert np.all(np.asarray(g)[[0, 1, 3]] == 0) and np.any(np.asarray(g)[2] != 0)

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from conftest import small_config
-from dpljax.experiment import ConfigError
-from dpljax.pub import evaluate_pub, folds, run_pub
+from dpljax.config import ConfigError
+from dpljax.evaluate import evaluate_pub
+from dpljax.pub import folds, run_pub
 
 
 def test_folds_partition_the_basins():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpljax.train import read_checkpoint_meta
+from dpljax.checkpoint import read_checkpoint_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).parent / "dpljax"

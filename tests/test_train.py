@@ -12,7 +12,7 @@ import pytest
 from conftest import small_config
 from dpljax import build
 from dpljax.experiment import run_experiment
-from dpljax.train import load_checkpoint, save_checkpoint
+from dpljax.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ basin and one component, with an adjoint strategy chosen by name (:data:`ADJOINT
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, ClassVar, Mapping, NamedTuple
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp

@@ -1,0 +1,154 @@
+"""What may change when a run is continued: every rule, for single runs and PUB, in one place.
+
+A resumed run must end with exactly the parameters of an uninterrupted one, so a checkpoint
+is continued only with the configuration and data it was written with, except the settings
+listed here, which do not alter the parameters' path. A PUB cross-validation pools its
+folds, so it is stricter still: ``train.epochs`` may not change either.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError
+
+_SECTIONS = ("model", "net", "loss", "optim", "data", "train")
+
+#: TrainConfig fields a resumed run may change: they do not alter the parameters' trajectory
+#: (``devices`` changes only the order of floating-point sums).
+RESUMABLE_CHANGES = ("epochs", "nan_policy", "valid_every", "checkpoint_every",
+                     "checkpoint_minutes", "resume", "progress", "devices")
+
+
+class ResumeError(ValueError):
+    """A checkpoint cannot be continued with this configuration or data."""
+
+
+#: What may change when a PUB cross-validation is continued: nothing that alters what a fold
+#: learns, since finished folds are pooled with the ones trained now. The data may move.
+PUB_RESUMABLE = tuple(f"train.{k}" for k in RESUMABLE_CHANGES if k not in ("epochs", "nan_policy")) + ("data.source",)
+
+
+def flat(d: Any, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` after a JSON round trip (tuples become lists)."""
+    d = json.loads(json.dumps(d))
+    out = {}
+
+    def walk(x, p):
+        if isinstance(x, dict) and x:
+            for k, v in x.items():
+                walk(v, f"{p}.{k}" if p else str(k))
+        else:
+            out[p] = x
+
+    walk(d, prefix)
+    return out
+
+
+def changes(old: Any, new: Any, ignore=()) -> list[tuple[str, Any, Any]]:
+    """``(key, old value, new value)`` for each flattened key (see :func:`flat`) where two
+    nested configs differ, ``"<absent>"`` standing for a side that lacks the key; keys in
+    ``ignore`` are skipped."""
+    a, b = flat(old), flat(new)
+    return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def differences(old_meta: dict, cfg, meta: dict, *, ipe: int | None = None,
+                        key_data: list | None = None, basins=None) -> list[str]:
+    """What keeps a checkpoint from being continued bit-for-bit by this run."""
+    diffs = []
+    old_cfg, new_cfg = old_meta.get("config", {}), asdict(cfg)
+    for k, v in new_cfg.items():
+        if k not in RESUMABLE_CHANGES and k in old_cfg and old_cfg[k] != v:
+            diffs.append(f"train.{k} was {old_cfg[k]!r}, now {v!r}")
+    if key_data is not None and old_meta.get("key_data") not in (None, key_data) and not diffs:
+        diffs.append("the random key derived from train.seed differs")
+    if ipe is not None and old_meta.get("iters_per_epoch") not in (None, ipe):
+        diffs.append(f"iterations per epoch were {old_meta['iters_per_epoch']}, now {ipe}")
+    if basins is not None and old_meta.get("basins") is not None and \
+            old_meta["basins"] != [str(b) for b in basins]:
+        diffs.append(f"the training basins differ ({len(old_meta['basins'])} in the checkpoint, "
+                     f"{len(basins)} now)")
+    for k, v in meta.items():
+        if k not in old_meta:
+            continue
+        changed = changes(old_meta[k], v)
+        if changed:
+            shown = ", ".join(f"{x}: {o!r} -> {n!r}" for x, o, n in changed[:6])
+            more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
+            diffs.append(f"{k} differs: {shown}{more}")
+    return diffs
+
+
+def experiment_view(exp) -> dict:
+    """The parts of an experiment a resumed run must share with its checkpoint (the train
+    section is compared by :func:`dpljax.train.fit`; the data's location may move)."""
+    data = asdict(exp.data)
+    data.pop("source")
+    view = {s: exp.config[s] for s in ("model", "net", "loss", "optim")}
+    view["data"] = data
+    return json.loads(json.dumps(view))
+
+
+def resume_config(composed: dict, run_dir: str | Path, overrides: list[str], log=print) -> dict:
+    """The config of a resumed command-line run: the run's saved ``config.yaml``, with the
+    command line's changes of :data:`~dpljax.train.RESUMABLE_CHANGES` (e.g. ``train.epochs``)
+    applied. Any other override that contradicts the saved config is a :class:`ConfigError`;
+    overrides of whole config trees (``experiment=...``) are ignored: the saved run governs.
+    """
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.exists():
+        return composed
+    saved = yaml.safe_load(saved_path.read_text())
+    out = copy.deepcopy(saved)
+    out.setdefault("train", {})["resume"] = True
+    missing = object()
+
+    def get(d, parts):
+        for p in parts:
+            if not isinstance(d, dict) or p not in d:
+                return missing
+            d = d[p]
+        return d
+
+    conflicts = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        if parts[0] not in _SECTIONS:
+            continue
+        new, old = get(composed, parts), get(saved, parts)
+        if json.dumps(new, sort_keys=True, default=str) == json.dumps(old, sort_keys=True, default=str):
+            continue
+        if len(parts) == 2 and parts[0] == "train" and parts[1] in RESUMABLE_CHANGES:
+            out["train"][parts[1]] = new
+            if parts[1] != "resume":
+                log(f"resume: {key} changed from {old!r} to {new!r}")
+        else:
+            conflicts.append(f"{key} (saved: {'absent' if old is missing else repr(old)}, "
+                             f"now: {'absent' if new is missing else repr(new)})")
+    if conflicts:
+        raise ConfigError(f"cannot resume {run_dir} with a different configuration: "
+                          f"{'; '.join(conflicts)}. A resumed run may change only "
+                          f"{['train.' + k for k in RESUMABLE_CHANGES]}")
+    return out
+
+
+def check_pub_config(run_dir: Path, config: dict) -> None:
+    """Refuse to continue a cross-validation with a config its finished folds were not trained with."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text())
+    saved.pop("pub", None)
+    diffs = [f"{k} (saved: {o!r}, now: {n!r})" for k, o, n in changes(saved, config, PUB_RESUMABLE)]
+    if diffs:
+        raise ConfigError(f"cannot continue the PUB run in {run_dir} with a different configuration: "
+                          f"{'; '.join(diffs)}. Its folds are pooled, so a continued run may change "
+                          f"only {list(PUB_RESUMABLE)}; start a new run directory instead")
