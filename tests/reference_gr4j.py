@@ -1,5 +1,12 @@
 """A plain-Python, day-by-day GR4J written straight from the design notes' equations (scalar
-floats, lists for the unit-hydrograph queues), counting how often each branch fires."""
+floats, lists for the unit-hydrograph queues), counting how often each branch fires.
+
+Independent of dpljax (no JAX): the test compares dpljax.models.gr4j with it day by day. Each
+queue holds the water still to leave it; a day adds UH(j) * share * Pr to slot j, emits slot 1
+and shifts the rest forward (appending 0). Counts: production (P >= E), evaporation (P < E),
+exchange_gain / exchange_loss (sign of F), routing_store_emptied (R + Q9 + F < 0, R set to
+0), direct_flow_clipped (Q1 + F < 0, Qd set to 0), melt (melt > 0) and melt_limited_by_pack
+(potential melt above a non-empty pack)."""
 import math
 
 
@@ -20,7 +27,11 @@ def _sh2(t, x4):
 
 
 def reference_gr4j(p, prcp, pet, tmean=None, snow=False, state=None):
-    """``state``: initial ``{S, R, uh1, uh2, snowpack}`` (airGR's defaults when None). Returns ``(fluxes: dict of lists, final state: dict, counts: dict)``."""
+    """GR4J over ``len(prcp)`` days. ``p``: x1..x4 (and tt, cfmax with ``snow``), scalars;
+    ``prcp``, ``pet`` (mm/d), ``tmean`` (degC): sequences; ``state``: initial
+    ``{S, R, uh1, uh2, snowpack}`` (airGR's defaults when None).
+
+    Returns ``(fluxes: dict of lists, final state: dict, counts: dict)``."""
     x1, x2, x3, x4 = p["x1"], p["x2"], p["x3"], p["x4"]
     S, R, pack = 0.3 * x1, 0.5 * x3, 0.0
     q1s, q2s = [0.0] * 20, [0.0] * 40

@@ -80,17 +80,21 @@ GR4JForcing = record("GR4JForcing", ("prcp", "pet", "tmean"),
 
 
 def s_curve1(t, x4):
+    """S-curve of UH1 (-): ``(t/x4)^2.5`` for ``0 <= t < x4``, 1 beyond (``t`` in days)."""
     return jnp.clip(t / x4, 0.0, 1.0) ** 2.5
 
 
 def s_curve2(t, x4):
+    """S-curve of UH2 (-): ``0.5 (t/x4)^2.5`` for ``t <= x4``, ``1 - 0.5 (2 - t/x4)^2.5`` for
+    ``x4 < t < 2 x4``, 1 beyond. Both sides are computed on clipped bases (finite gradients)."""
     u = t / x4
     return jnp.where(u <= 1.0, 0.5 * jnp.clip(u, 0.0, 1.0) ** 2.5,
                      1.0 - 0.5 * jnp.clip(2.0 - u, 0.0, 1.0) ** 2.5)
 
 
 def unit_hydrographs(x4):
-    """Ordinates ``(UH1 (20,), UH2 (40,))`` for a scalar ``x4``; each sums to 1."""
+    """Ordinates ``UH(j) = SH(j) - SH(j-1)``, ``(UH1 (20,), UH2 (40,))``, for a scalar ``x4``
+    (d); each sums to 1 for ``x4 <= 20`` (within the bounds only the first 3 and 6 are > 0)."""
     dt = float_dtype(x4)
     j1 = jnp.arange(1, N_UH1 + 1, dtype=dt)
     j2 = jnp.arange(1, N_UH2 + 1, dtype=dt)
