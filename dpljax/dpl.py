@@ -83,6 +83,11 @@ class TableSource:
         return theta
 
 
+def as_source(source):
+    """A parameter source; a network's ``nnx.GraphDef`` stands for :class:`NetworkSource` of it."""
+    return NetworkSource(source) if isinstance(source, nnx.GraphDef) else source
+
+
 class DPL:
     """A parameter space (raw values -> bounded physical parameters) and a hydrology chain."""
 

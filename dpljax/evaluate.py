@@ -23,7 +23,7 @@ from . import metrics as M
 from .checkpoint import load_checkpoint
 from .data.dataset import Arrays, load, load_with_report, prepare, test_start_with_warmup
 from .data.normalize import Normalizer
-from .dpl import DPL, TableSource, simulate
+from .dpl import DPL, TableSource, as_source, simulate
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -37,8 +37,6 @@ def predict(dpl: DPL, source, theta, arrays: Arrays, *, chunk: int = 64,
     the network's state; a :class:`~dpljax.dpl.TableSource`: ``theta`` is ``(N, n)``, one row
     per basin). With ``return_all``, the whole :class:`~dpljax.dpl.Result` (NumPy leaves).
     """
-    from .train import as_source
-
     source = as_source(source)
     per_basin = isinstance(source, TableSource)
 

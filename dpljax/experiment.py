@@ -32,11 +32,10 @@ from flax import nnx
 from . import evaluate as E
 from .data.dataset import DataConfig, LoadReport, fit_normalizer, load_with_report, prepare
 from .data.normalize import Normalizer
-from .dpl import DPL, Hydrology
+from .dpl import DPL
 from .losses import LOSSES
 from .models.base import MODELS
 from .nets.registry import NETS
-from .params import ParameterSpace
 from .schedules import make_schedule
 from .checkpoint import read_checkpoint_meta, save_checkpoint
 from .config import ConfigError, check_options, dataclass_section, is_int, is_number, lookup, section
@@ -109,12 +108,10 @@ def _build_model(mc: dict):
         if not float(v[0]) < float(v[1]):
             raise ConfigError(f"model.bounds.{k}: lower bound {v[0]} must be < upper bound {v[1]}")
         bounds[k] = tuple(float(x) for x in v)
-    router = model.default_routing if routing else None  # None: the model routes itself
     try:
-        space = ParameterSpace(bounds, nmul, tuple(dynamic), router.bounds if router is not None else {})
+        return DPL.of(model, nmul, tuple(dynamic), routing, bounds)
     except ValueError as e:
         raise ConfigError(f"'model': {e}") from e
-    return DPL(Hydrology(model, router), space)
 
 
 def build(config: dict) -> Experiment:

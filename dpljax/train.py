@@ -25,7 +25,7 @@ from flax import nnx
 from .data.dataset import Arrays
 from .data.sampler import iterations_per_epoch, sample_batch
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .dpl import DPL, NetworkSource, simulate
+from .dpl import DPL, as_source, simulate
 from .parallel import basin_mesh, replicate, shard_basins
 from .resume import ResumeError, differences
 
@@ -105,11 +105,6 @@ class NonFiniteLoss(FloatingPointError):
 
 def make_optimizer(tx: optax.GradientTransformation, clip_grad_norm: float | None):
     return optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx) if clip_grad_norm else tx
-
-
-def as_source(source):
-    """A parameter source; a network's ``nnx.GraphDef`` stands for :class:`NetworkSource` of it."""
-    return NetworkSource(source) if isinstance(source, nnx.GraphDef) else source
 
 
 class TrainStep:

@@ -223,16 +223,13 @@ def _as_mapping(params) -> dict[str, Any]:
     return dict(params)
 
 
-def forcing_of(model: ProcessModel, forcing, convert=lambda v: v):
+def forcing_of(model: ProcessModel, forcing):
     """``model.Forcing`` from a mapping (or a NamedTuple) holding at least ``model.forcing``."""
-    if isinstance(forcing, model.Forcing):
-        forcing = forcing._asdict()
-    elif hasattr(forcing, "_asdict"):
-        forcing = forcing._asdict()
+    forcing = _as_mapping(forcing)
     missing = [n for n in model.forcing if n not in forcing or forcing[n] is None]
     if missing:
         raise KeyError(f"{model.name} needs forcing {list(model.forcing)}; missing {missing}")
-    return model.Forcing(**{n: convert(forcing[n]) for n in model.forcing})
+    return model.Forcing(**{n: forcing[n] for n in model.forcing})
 
 
 def run(model: ProcessModel, params, forcing, state=None, *, adjoint: str | None = None) -> Output:
@@ -262,7 +259,7 @@ def run(model: ProcessModel, params, forcing, state=None, *, adjoint: str | None
     # jnp.array(copy=True), not asarray: under vmap a NumPy input stays a NumPy value inside
     # its batch tracer, which a custom_vjp cannot take as a constant (free under jit).
     arr = lambda v: jnp.array(v, dtype=dtype, copy=True)
-    x = forcing_of(model, x, arr)
+    x = jax.tree.map(arr, x)  # fields a variant does not read (None) stay None
     n_t = jnp.shape(getattr(x, model.forcing[0]))[0]
     for n in model.forcing:
         if jnp.shape(getattr(x, n)) != (n_t,):
