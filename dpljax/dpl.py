@@ -98,6 +98,9 @@ class DPL:
             chain = Hydrology(chain, chain.default_routing if space.routing_bounds else None)
         if not isinstance(chain, Hydrology):
             raise TypeError(f"DPL takes a Hydrology chain or a process model, got {type(chain).__name__}")
+        model = chain.model.with_bounds(space.bounds)  # a structure sized by the bounds (GR4J)
+        if model is not chain.model:
+            chain = Hydrology(model, chain.routing)
         if set(chain.routing_bounds) != set(space.routing_bounds):
             raise ValueError(f"the parameter space's routing parameters {list(space.routing_bounds)} "
                              f"are not the chain's {list(chain.routing_bounds)}")

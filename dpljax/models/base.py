@@ -120,6 +120,12 @@ class ProcessModel:
     def net_inflow(self, x, fluxes):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def with_bounds(self, bounds: Bounds) -> "ProcessModel":
+        """This model as it must be built to run with parameters in ``bounds`` (a model whose
+        structure depends on its bounds, as GR4J's queue lengths do on ``x4``, returns a new
+        instance); by default the model itself."""
+        return self
+
     @property
     def has_adjoint(self) -> bool:
         return type(self).scan_adjoint is not ProcessModel.scan_adjoint

@@ -15,9 +15,9 @@ it"); units mm and mm/d, temperature degC. Each day, with ``P`` the liquid water
    ``Pr = Perc + Pn - Ps``.
 3. Unit hydrographs from the S-curves ``SH1(t) = (t/x4)^2.5`` (0 < t < x4, 1 beyond) and
    ``SH2(t) = 0.5 (t/x4)^2.5`` (t <= x4), ``1 - 0.5 (2 - t/x4)^2.5`` (x4 < t < 2 x4, 1 beyond);
-   ordinates ``UH(j) = SH(j) - SH(j-1)``, 20 for UH1 and 40 for UH2. 90 % of ``Pr`` enters
-   UH1, 10 % UH2: each queue adds ``UH(j) * share * Pr`` to slot ``j``, emits slot 1 (``Q9``,
-   ``Q1``) and advances one day.
+   ordinates ``UH(j) = SH(j) - SH(j-1)``, 20 for UH1 and 40 for UH2 in airGR. 90 % of ``Pr``
+   enters UH1, 10 % UH2: each queue adds ``UH(j) * share * Pr`` to slot ``j``, emits slot 1
+   (``Q9``, ``Q1``) and advances one day.
 4. Groundwater exchange ``F = x2 (R/x3)^3.5``; routing store ``R = max(0, R + Q9 + F)``,
    ``Qr = R (1 - (1 + (R/x3)^4)^(-1/4))``, ``R -= Qr``; direct flow ``Qd = max(0, Q1 + F)``;
    ``Q = Qr + Qd``. The *actual* exchange (``exch``) is ``F`` where neither clip binds and
@@ -30,7 +30,14 @@ it"); units mm and mm/d, temperature degC. Each day, with ``P`` the liquid water
 Queues: the state holds the water still to leave each unit hydrograph (slot 1 first). Each
 day adds ``UH(j) * share * Pr`` to slot ``j``, emits slot 1 and shifts the rest one day
 forward (appending 0), which gives airGR's outputs while ``storage`` counts only water that
-is still held.
+is still held. Only the first ``ceil(x4)`` ordinates of UH1 and ``ceil(2 x4)`` of UH2 are
+non-zero, so the model keeps queues of ``ceil(x4_max)`` and ``ceil(2 x4_max)`` slots (3 and 6
+within the bounds, against airGR's 20 and 40): the same outputs, and a backward pass several
+times cheaper. The last slot takes ``1 - SH(n - 1)``, which is its ordinate whenever
+``x4 <= x4_max`` and keeps the water balance closed otherwise; :func:`run` sizes the queues to
+a (concrete) ``x4`` above ``x4_max``, and a parameter space with a larger upper bound of ``x4``
+sizes them to it (:meth:`GR4J.with_bounds`). A state given with other queue lengths (airGR's 20 and 40)
+runs with those.
 
 Initial state (airGR's defaults): ``S = 0.3 x1``, ``R = 0.5 x3``, empty queues and pack.
 GR4J's unit hydrographs are its routing (``default_routing = None``). Gradient safety: both
@@ -46,9 +53,12 @@ model for streamflow simulation, J. Hydrol. 279, 275-289.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import base
 from .base import ProcessModel, check_adjoint, float_dtype, floor_pos, record, register_model
@@ -92,13 +102,26 @@ def s_curve2(t, x4):
                      1.0 - 0.5 * jnp.clip(2.0 - u, 0.0, 1.0) ** 2.5)
 
 
-def unit_hydrographs(x4):
-    """Ordinates ``UH(j) = SH(j) - SH(j-1)``, ``(UH1 (20,), UH2 (40,))``, for a scalar ``x4``
-    (d); each sums to 1 for ``x4 <= 20`` (within the bounds only the first 3 and 6 are > 0)."""
-    dt = float_dtype(x4)
-    j1 = jnp.arange(1, N_UH1 + 1, dtype=dt)
-    j2 = jnp.arange(1, N_UH2 + 1, dtype=dt)
-    return (s_curve1(j1, x4) - s_curve1(j1 - 1.0, x4), s_curve2(j2, x4) - s_curve2(j2 - 1.0, x4))
+def queue_lengths(x4_max: float) -> tuple[int, int]:
+    """Slots of the UH1 and UH2 queues that hold every non-zero ordinate for ``x4 <= x4_max``:
+    ``(ceil(x4_max), ceil(2 x4_max))``, at most airGR's ``(20, 40)``."""
+    if not 0.0 < x4_max <= N_UH1:
+        raise ValueError(f"GR4J: x4_max must be in (0, {N_UH1}] days, got {x4_max}")
+    return min(N_UH1, math.ceil(x4_max)), min(N_UH2, math.ceil(2.0 * x4_max))
+
+
+def _ordinates(curve, n: int, x4):
+    """``SH(j) - SH(j-1)`` for ``j = 1..n``, the last one ``1 - SH(n-1)`` (all the rest)."""
+    j = jnp.arange(1, n + 1, dtype=float_dtype(x4))
+    sh = curve(j, x4)
+    return jnp.concatenate([sh[:-1], jnp.ones_like(sh[-1:])]) - curve(j - 1.0, x4)
+
+
+def unit_hydrographs(x4, n1: int = N_UH1, n2: int = N_UH2):
+    """Ordinates ``UH(j) = SH(j) - SH(j-1)``, ``(UH1 (n1,), UH2 (n2,))`` (airGR: 20 and 40),
+    for a scalar ``x4`` (d). The last ordinate of each takes what is left (``1 - SH(n-1)``), so
+    each sums to 1; it equals ``SH(n) - SH(n-1)`` when ``x4 <= n1`` and ``2 x4 <= n2``."""
+    return _ordinates(s_curve1, n1, x4), _ordinates(s_curve2, n2, x4)
 
 
 def _advance(queue, inflow):
@@ -108,7 +131,8 @@ def _advance(queue, inflow):
 
 
 def step(p, s, x, *, snow: bool = False):
-    """One day of GR4J for one basin and one component (scalars; queues ``(20,)``, ``(40,)``)."""
+    """One day of GR4J for one basin and one component (scalars; the queues' lengths are
+    those of the state's, see :func:`queue_lengths`)."""
     prcp, pet = x.prcp, x.pet
     snowpack = s.snowpack
     if snow:
@@ -137,7 +161,7 @@ def step(p, s, x, *, snow: bool = False):
     S = S - perc
     pr = perc + pn - ps
     # 3. Unit hydrographs.
-    uh1, uh2 = unit_hydrographs(p.x4)
+    uh1, uh2 = unit_hydrographs(p.x4, s.uh1.shape[-1], s.uh2.shape[-1])
     q9, q_uh1 = _advance(s.uh1, uh1 * (0.9 * pr))
     q1, q_uh2 = _advance(s.uh2, uh2 * (0.1 * pr))
     # 4. Exchange, routing store, direct flow.
@@ -154,10 +178,11 @@ def step(p, s, x, *, snow: bool = False):
     return GR4JState(S, R, q_uh1, q_uh2, snowpack), fluxes
 
 
-def initial_state(p) -> GR4JState:
-    """airGR's defaults: ``S = 0.3 x1``, ``R = 0.5 x3``, empty queues, no snow."""
+def initial_state(p, n1: int = N_UH1, n2: int = N_UH2) -> GR4JState:
+    """airGR's defaults: ``S = 0.3 x1``, ``R = 0.5 x3``, empty queues (``n1``, ``n2`` slots),
+    no snow."""
     z = jnp.zeros_like(p.x1)
-    return GR4JState(0.3 * p.x1, 0.5 * p.x3, jnp.zeros(N_UH1, z.dtype), jnp.zeros(N_UH2, z.dtype), z)
+    return GR4JState(0.3 * p.x1, 0.5 * p.x3, jnp.zeros(n1, z.dtype), jnp.zeros(n2, z.dtype), z)
 
 
 def run(params: Mapping[str, Any], prcp, tmean, pet, state=None, *, snow: bool = False,
@@ -169,14 +194,19 @@ def run(params: Mapping[str, Any], prcp, tmean, pet, state=None, *, snow: bool =
     returns :class:`~dpljax.models.base.Output` ``(fluxes, final_state)``.
     """
     forcing = {"prcp": prcp, "pet": pet, "tmean": tmean}
-    return base.run(GR4J(snow=snow, adjoint=adjoint), params, forcing, state)
+    model = GR4J(snow=snow, adjoint=adjoint)
+    x4 = params["x4"]
+    if not isinstance(x4, jax.core.Tracer) and np.any(np.asarray(x4) > model.x4_max):
+        model = model.with_bounds({"x4": (BOUNDS["x4"][0], float(np.max(x4)))})
+    return base.run(model, params, forcing, state)
 
 
-@register_model("gr4j", static=("snow", "adjoint"))
+@register_model("gr4j", static=("snow", "adjoint", "x4_max"))
 class GR4J(ProcessModel):
     """GR4J through the process-model protocol. ``snow``: degree-day snow routine before the
     production store (adds ``tt`` and ``cfmax``, reads ``tmean``); ``adjoint``: ``"autodiff"``
-    or ``"checkpoint"`` (GR4J has no hand-written adjoint)."""
+    or ``"checkpoint"`` (GR4J has no hand-written adjoint); ``x4_max``: the largest ``x4`` (d)
+    it will be run with, which sizes the unit-hydrograph queues (:func:`queue_lengths`)."""
 
     Params = GR4JParams
     State = GR4JState
@@ -184,9 +214,16 @@ class GR4J(ProcessModel):
     Forcing = GR4JForcing
     default_routing = None  # its unit hydrographs are its routing
 
-    def __init__(self, *, snow: bool = False, adjoint: str = "autodiff"):
+    def __init__(self, *, snow: bool = False, adjoint: str = "autodiff", x4_max: float = BOUNDS["x4"][1]):
         self.snow = bool(snow)
         self.adjoint = check_adjoint(self, adjoint)
+        queue_lengths(float(x4_max))
+        self.x4_max = float(x4_max)
+
+    def with_bounds(self, bounds) -> "GR4J":
+        """This model with queues long enough for ``bounds["x4"]``'s upper bound."""
+        hi = float(bounds["x4"][1]) if "x4" in bounds else self.x4_max
+        return self if hi == self.x4_max else GR4J(snow=self.snow, adjoint=self.adjoint, x4_max=hi)
 
     @property
     def forcing(self) -> tuple[str, ...]:
@@ -197,7 +234,7 @@ class GR4J(ProcessModel):
         return dict(BOUNDS, **(SNOW_BOUNDS if self.snow else {}))
 
     def initial_state(self, params) -> GR4JState:
-        return initial_state(params)
+        return initial_state(params, *queue_lengths(self.x4_max))
 
     def step(self, params, state, x):
         return step(params, state, x, snow=self.snow)

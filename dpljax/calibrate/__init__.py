@@ -1,0 +1,11 @@
+"""Calibration baselines beside dPL training: per-basin optimisers that reuse the same models,
+data, losses and metrics.
+
+- :func:`sce_ua` (Shuffled Complex Evolution, Duan et al. 1992, 1994): pure JAX, jit-able and
+  vmap-able over basins; :func:`init` / :func:`run` / :func:`result` are its resumable form.
+"""
+from .sce_ua import (STOP_REASONS, SCEResult, SCEState, init, n_max_loops, result, run, sce_ua,
+                     select_subcomplex, stop_reason)
+
+__all__ = ["STOP_REASONS", "SCEResult", "SCEState", "init", "n_max_loops", "result", "run",
+           "sce_ua", "select_subcomplex", "stop_reason"]
