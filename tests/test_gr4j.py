@@ -44,7 +44,12 @@ def test_matches_plain_python_reference_and_every_branch_fires(forcing10y, snow)
                     np.testing.assert_allclose(np.asarray(out.fluxes[name][b]), ref[name], rtol=1e-9,
                                                atol=1e-10, err_msg=f"basin {b}, set {k}, {name}")
                 for name, v in ref_state.items():
-                    np.testing.assert_allclose(np.asarray(out.state[name][b]), v, rtol=1e-9, atol=1e-10,
+                    got = np.atleast_1d(np.asarray(out.state[name][b]))
+                    v = np.atleast_1d(np.asarray(v, dtype=float))
+                    # The model's queues are airGR's first ceil(x4_max), ceil(2 x4_max) slots;
+                    # airGR's later slots stay empty within the bounds.
+                    assert not np.any(v[got.size:]), (name, v)
+                    np.testing.assert_allclose(got, v[:got.size], rtol=1e-9, atol=1e-10,
                                                err_msg=f"basin {b}, set {k}, state {name}")
                 for c, v in counts.items():
                     total[c] = total.get(c, 0) + int(v)
@@ -72,6 +77,17 @@ def test_hand_computed_unit_hydrographs():
         for x4 in (1.1, 1.7, 2.9):  # every ordinate set sums to one
             u1, u2 = gr4j.unit_hydrographs(jnp.float64(x4))
             np.testing.assert_allclose([float(u1.sum()), float(u2.sum())], [1.0, 1.0], rtol=1e-12)
+            # The model's short queues (3 and 6 slots within the bounds) hold the same ordinates.
+            s1, s2 = gr4j.unit_hydrographs(jnp.float64(x4), *gr4j.queue_lengths(2.9))
+            np.testing.assert_allclose(np.asarray(s1), np.asarray(u1[:3]), rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(np.asarray(s2), np.asarray(u2[:6]), rtol=1e-12, atol=1e-15)
+            assert not np.any(np.asarray(u1[3:])) and not np.any(np.asarray(u2[6:]))
+        # Beyond x4_max the last slot takes the rest of the S-curve: the water is kept.
+        s1, s2 = gr4j.unit_hydrographs(jnp.float64(4.0), 3, 6)
+        u1, u2 = gr4j.unit_hydrographs(jnp.float64(4.0))
+        np.testing.assert_allclose([float(s1.sum()), float(s2.sum())], [1.0, 1.0], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(s1[:2]), np.asarray(u1[:2]), rtol=1e-12)
+        assert float(s1[2]) == pytest.approx(float(u1[2:].sum()), rel=1e-12)
         # One day of effective rainfall on an empty, dry basin: Q9 and Q1 trace the ordinates.
         p = gr4j.GR4JParams(x1=jnp.float64(300.0), x2=jnp.float64(0.0), x3=jnp.float64(1e9),
                             x4=jnp.float64(2.0))
@@ -200,7 +216,7 @@ def test_simulate_with_three_components_is_the_mean_of_the_components(forcing10y
     n, nmul = prcp.shape[0], 3
     params = {k: rng.uniform(lo, hi, (n, nmul)).astype(np.float32) for k, (lo, hi) in model.bounds.items()}
     out = jax.jit(model.simulate)(params, {"prcp": prcp, "tmean": tmean, "pet": pet})
-    assert out.q.shape == (n, 500) and out.state.uh1.shape == (n, nmul, 20)
+    assert out.q.shape == (n, 500) and out.state.uh1.shape == (n, nmul, 3)
     single = jax.jit(lambda pp, pr, tm, pe: gr4j.run(pp, pr, tm, pe, snow=True))
     for i in range(n):
         comps = [single({k: v[i, j] for k, v in params.items()}, prcp[i], tmean[i], pet[i])
@@ -240,3 +256,26 @@ def test_registered_with_its_options():
         gr4j.GR4J(adjoint="model")
     with pytest.raises(KeyError, match="missing"):
         gr4j.run({"x1": 300.0}, np.ones(3), None, np.ones(3))
+
+
+def test_short_queues_equal_airgr_queues_and_follow_the_bounds(forcing10y):
+    """The model's queues of ceil(x4_max) and ceil(2 x4_max) slots give exactly airGR's
+    20- and 40-slot results; an x4 above the default bound sizes them up (run, DPL)."""
+    from dpljax.dpl import DPL
+
+    prcp, tmean, pet = (a[SNOWY] for a in forcing10y)
+    with jax.enable_x64(True):
+        for x4 in (1.1, 2.0, 2.9, 4.7):
+            p = dict(x1=420.0, x2=-0.7, x3=85.0, x4=x4, **SNOW)
+            short = gr4j.run(p, prcp, tmean, pet, snow=True)
+            airgr = gr4j.run(p, prcp, tmean, pet, gr4j.initial_state(gr4j.GR4JParams(**p)), snow=True)
+            assert short.state.uh1.shape == (max(3, int(np.ceil(x4))),) and airgr.state.uh1.shape == (20,)
+            for name in FLUXES:
+                np.testing.assert_array_equal(np.asarray(short.fluxes[name]), np.asarray(airgr.fluxes[name]))
+    assert gr4j.queue_lengths(2.9) == (3, 6) and gr4j.queue_lengths(20.0) == (20, 40)
+    with pytest.raises(ValueError, match="x4_max"):
+        gr4j.GR4J(x4_max=25.0)
+    wide = DPL.of(gr4j.GR4J(snow=True), nmul=2, routing=False,
+                  bounds=dict(gr4j.BOUNDS, x4=(1.1, 6.0), **gr4j.SNOW_BOUNDS))
+    assert wide.model.x4_max == 6.0 and wide.model.snow
+    assert DPL.of(gr4j.GR4J(), nmul=2, routing=False).model.x4_max == 2.9

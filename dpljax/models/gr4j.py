@@ -195,8 +195,8 @@ def run(params: Mapping[str, Any], prcp, tmean, pet, state=None, *, snow: bool =
     """
     forcing = {"prcp": prcp, "pet": pet, "tmean": tmean}
     model = GR4J(snow=snow, adjoint=adjoint)
-    x4 = params["x4"]
-    if not isinstance(x4, jax.core.Tracer) and np.any(np.asarray(x4) > model.x4_max):
+    x4 = params.get("x4") if hasattr(params, "get") else getattr(params, "x4", None)
+    if x4 is not None and not isinstance(x4, jax.core.Tracer) and np.any(np.asarray(x4) > model.x4_max):
         model = model.with_bounds({"x4": (BOUNDS["x4"][0], float(np.max(x4)))})
     return base.run(model, params, forcing, state)
 
