@@ -1,8 +1,8 @@
 """The ``dpljax`` command: thin; it only turns configs into calls of library functions.
 
     dpljax [experiment=NAME] [key=value ...] [-m]   train + test an experiment (Hydra)
-    dpljax evaluate RUN_DIR                         re-run a saved model on its test period
-                                                    (a PUB run: every fold, pooled again)
+    dpljax evaluate RUN_DIR                         re-run a saved model (or calibration) on
+                                                    its test period (PUB: every fold, pooled)
     dpljax data camels-us SOURCE_DIR OUT.zarr       convert the official CAMELS-US layout
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _train(cfg) -> float:
     from .experiment import SECTIONS, run_experiment
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    unknown = sorted(set(config) - set(SECTIONS) - {"name", "pub"})
+    unknown = sorted(set(config) - set(SECTIONS) - {"name", "pub", "calibrate"})
     if unknown:
         from .experiment import ConfigError
 
@@ -31,8 +31,12 @@ def _train(cfg) -> float:
     use_host_devices((config.get("train") or {}).get("devices"))  # before JAX starts
     run_dir = HydraConfig.get().runtime.output_dir
     print(f"run directory: {run_dir}")
-    pub = config.get("pub")
+    pub, calibrate = config.get("pub"), config.get("calibrate")
     config = {k: config[k] for k in SECTIONS}
+    if calibrate:  # per-basin calibration instead of dPL training (dpljax.calibrate)
+        from .calibrate.runner import run_calibration
+
+        return run_calibration({**config, "calibrate": calibrate}, run_dir)["median_nse"]
     if pub:  # k-fold prediction in ungauged basins; each fold resumes on its own
         from .pub import run_pub
 
@@ -61,6 +65,14 @@ def _evaluate(argv):
         from .evaluate import evaluate_pub
 
         evaluate_pub(args.run_dir)
+        return
+    import yaml
+
+    config_path = Path(args.run_dir) / "config.yaml"
+    if config_path.exists() and (yaml.safe_load(config_path.read_text()) or {}).get("calibrate"):
+        from .calibrate.runner import evaluate_calibration
+
+        evaluate_calibration(args.run_dir)
         return
     from .evaluate import evaluate_run
 

@@ -1,0 +1,289 @@
+"""A calibration experiment: per-basin parameters by a calibration method, on the same data,
+periods, warm-up, model and loss as a dPL experiment, written as a self-contained run
+directory and re-evaluable with ``dpljax evaluate``::
+
+    config.yaml  run_info.json  normalizer.json  checkpoints/calibration.npz
+    calibration.zarr  metrics_test.csv  predictions_test.zarr  summary.json  figures/
+
+The config is an experiment config (``model, net, loss, optim, data, train``) plus a
+``calibrate`` section naming a method of :data:`~dpljax.calibrate.methods.METHODS` and its
+options (``net`` and ``optim`` are not used by SCE-UA). Every basin of ``data.basins``
+is calibrated on the training period, its first ``train.warmup`` days run but left out of
+the loss (as dPL's training windows are warmed up), ``calibrate.seeds`` times with different
+keys; the seed with the lowest training loss is the basin's calibration. The test period is
+then run with the same warm-up as dPL's evaluation and scored with the same metrics.
+
+Interruptions: the state of every basin's search is checkpointed (atomically) every
+``train.checkpoint_minutes`` and at the end; ``train.resume=true`` continues from it, bit for
+bit the same as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+import yaml
+
+from .. import evaluate as E
+from ..checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from ..config import ConfigError, check_options, lookup
+from ..data.dataset import fit_normalizer, load_with_report, prepare
+from ..data.normalize import Normalizer
+from ..experiment import SECTIONS, build, write_run_info
+from .methods import METHODS, BasinData
+from .problem import Problem
+
+#: Keys that may change when a calibration is resumed.
+MAY_CHANGE = ("train.resume", "train.progress", "train.checkpoint_minutes", "data.source")
+
+
+def build_method(cc: dict):
+    """The method object of a ``calibrate`` section (``{method: name, seeds: k, **options}``)."""
+    if not isinstance(cc, dict):
+        raise ConfigError(f"calibrate must be a mapping like {{method: sceua, max_evals: 10000}}, got {cc!r}")
+    cc = dict(cc)
+    cls = lookup(METHODS, "calibrate.method", cc.pop("method", None))
+    seeds = cc.pop("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"calibrate.seeds must be an integer >= 1, got {seeds!r}")
+    check_options(cls, "calibrate", cc)
+    try:
+        return cls(**cc), seeds
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"'calibrate' ({cls.__name__}): {e}") from e
+
+
+def basin_keys(seed: int, basins, n_seeds: int):
+    """One PRNG key per (seed, basin) row, seed-major: a basin's key depends on its id and the
+    seed only, so its calibration does not depend on which other basins run beside it."""
+    root = jax.random.key(seed)
+    return jnp.stack([jax.random.fold_in(jax.random.fold_in(root, s), zlib.crc32(str(b).encode()) & 0x7FFFFFFF)
+                      for s in range(n_seeds) for b in basins])
+
+
+def _rows(arrays, n_seeds: int) -> BasinData:
+    tile = lambda a: jnp.concatenate([jnp.asarray(a)] * n_seeds, axis=0)
+    return BasinData({k: tile(v) for k, v in arrays.forcing.items()}, tile(arrays.obs), tile(arrays.obs_std))
+
+
+def _save_state(path: Path, state, meta: dict) -> None:
+    save_checkpoint(path, jax.tree.map(lambda v: jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
+                                       else v, state), meta)
+
+
+def _load_state(path: Path, like):
+    raw_like = jax.tree.map(lambda v: jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else v, like)
+    raw, meta = load_checkpoint(path, raw_like)
+    state = jax.tree.map(lambda r, v: jax.random.wrap_key_data(r) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else r,
+                         raw, like)
+    return state, meta
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    from ..resume import flat
+
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)]
+
+
+class _Progress:
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=1000, desc="calibrating", unit="‰", file=sys.stderr,
+                            disable=not sys.stderr.isatty())
+        self.last_log = 0.0
+
+    def update(self, frac: float, text: str, log):
+        if self.bar is not None and not self.bar.disable:
+            self.bar.n = int(frac * 1000)
+            self.bar.set_postfix_str(text, refresh=True)
+        elif time.monotonic() - self.last_log > 60:
+            log(f"calibration: {100 * frac:.1f}% ({text})")
+            self.last_log = time.monotonic()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
+    """Calibrate every basin, then score the test period; everything lands in ``run_dir``."""
+    run_dir = Path(run_dir)
+    config = copy.deepcopy(config)
+    method, n_seeds = build_method(config.get("calibrate"))
+    exp = build({k: config[k] for k in SECTIONS})
+    ckpt = run_dir / "checkpoints" / "calibration.npz"
+    old = None
+    if ckpt.exists():
+        if not exp.train.resume:
+            raise ConfigError(f"{run_dir} already holds a calibration ({ckpt}); pass train.resume=true "
+                              "to continue it, or choose a new run directory")
+        old = read_checkpoint_meta(ckpt)
+        diffs = _changes(old["config"], config)
+        if diffs:
+            raise ConfigError(f"cannot resume from {ckpt}: the config changed: " + "; ".join(diffs))
+    elif (run_dir / "summary.json").exists():
+        raise ConfigError(f"{run_dir} already holds a finished run; choose a new run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    info = write_run_info(run_dir, resumed=None if old is None else {"from_chunk": old["chunk"]})
+
+    forcing_names = exp.dpl.model.forcing
+    ds, report = load_with_report(exp.data, log=log, forcing=forcing_names)
+    basins = [str(b) for b in ds["basin"].values.tolist()]
+    norm = fit_normalizer(exp.data, ds)
+    norm.to_json(run_dir / "normalizer.json")
+    arrays, _ = prepare(exp.data, ds, norm, *exp.data.train, forcing=forcing_names)
+    if exp.train.warmup >= arrays.obs.shape[1]:
+        raise ConfigError(f"train.warmup={exp.train.warmup} days leaves nothing of the training period "
+                          f"({arrays.obs.shape[1]} days) to calibrate on")
+    problem = Problem(exp.dpl, exp.loss, exp.train.warmup)
+    data = _rows(arrays, n_seeds)
+    n_rows = len(basins) * n_seeds
+    log(f"calibration: {type(method).__name__} on {len(basins)} basins x {n_seeds} seed(s), "
+        f"{problem.n} parameters, train {exp.data.train[0]}..{exp.data.train[1]} "
+        f"({arrays.obs.shape[1]} days, the first {exp.train.warmup} as warm-up)")
+
+    t0 = time.perf_counter()
+    state = method.init(problem, data, basin_keys(exp.train.seed, basins, n_seeds))
+    chunk, wall_before = 0, 0.0
+    if old is not None:
+        state, meta = _load_state(ckpt, state)
+        chunk, wall_before = meta["chunk"], meta["wall_time_s"]
+        log(f"calibration: resumed from chunk {chunk} ({ckpt})")
+    meta = lambda: {"config": config, "chunk": chunk, "basins": basins, "n_seeds": n_seeds,
+                    "wall_time_s": wall_before + time.perf_counter() - t0}
+    every = (exp.train.checkpoint_minutes or 10.0) * 60
+    last_save = time.monotonic()
+    bar = _Progress(exp.train.progress)
+    try:
+        while not method.done(state).all():
+            state = method.advance(problem, data, state)
+            chunk += 1
+            _, f, ev = method.best(state)
+            bar.update(method.fraction(state), f"median loss {np.median(f):.4f}, "
+                       f"{int(np.mean(ev))} evals/basin", log)
+            if time.monotonic() - last_save > every:
+                _save_state(ckpt, state, meta())
+                last_save = time.monotonic()
+    finally:
+        bar.close()
+    _save_state(ckpt, state, meta())
+    wall = wall_before + time.perf_counter() - t0
+    x, f, n_evals = method.best(state)
+    extra = method.report(state)
+    bad = [basins[i % len(basins)] for i in np.flatnonzero(~np.isfinite(f))]
+    if bad:
+        raise FloatingPointError(f"calibration found no finite objective value for basin(s) {sorted(set(bad))}: "
+                                 "check their training-period forcing and observations")
+    table = write_parameters(run_dir / "calibration.zarr", problem, basins, n_seeds, x, f, n_evals, extra)
+    log(f"calibration: done in {wall:.1f} s, {int(n_evals.sum())} model evaluations "
+        f"({n_evals.sum() / wall:.0f} per second); median training loss {np.median(table['objective']):.4f}")
+    metrics = evaluate_calibration(run_dir, exp=exp, problem=problem, norm=norm, ds=ds, log=log, write=True,
+                                   out=run_dir)
+    summary = E.summarise(metrics, method=type(method).__name__, options=asdict(method), seeds=n_seeds,
+                          calibration_wall_time_s=wall, n_evals_total=int(n_evals.sum()),
+                          n_evals_per_basin_median=float(np.median(n_evals.reshape(n_seeds, -1).sum(0))),
+                          evals_per_second=float(n_evals.sum() / wall),
+                          median_train_loss=float(np.median(table["objective"])),
+                          n_excluded=len(report.excluded), excluded_basins=report.excluded,
+                          git_commit=info["git_commit"])
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"median test NSE: {summary['median_nse']:.4f}")
+    return summary
+
+
+def write_parameters(path: Path, problem: Problem, basins, n_seeds: int, x, f, n_evals, extra: dict) -> pd.DataFrame:
+    """``calibration.zarr``: every seed's parameters, objective and counts, and the chosen
+    (lowest-loss) seed's as the basin's calibration. Returns the chosen rows as a table."""
+    nb = len(basins)
+    xs = x.reshape(n_seeds, nb, -1)
+    fs = f.reshape(n_seeds, nb)
+    pick = np.argmin(np.where(np.isfinite(fs), fs, np.inf), axis=0)
+    cols = np.arange(nb)
+    coords = {"basin": basins, "parameter": list(problem.names), "seed": np.arange(n_seeds)}
+    ds = xr.Dataset(
+        {"params": (("basin", "parameter"), xs[pick, cols].astype(np.float64),
+                    {"long_name": "calibrated parameters (physical units), the best seed"}),
+         "objective": (("basin",), fs[pick, cols].astype(np.float64), {"long_name": "training loss"}),
+         "best_seed": (("basin",), pick.astype(np.int32)),
+         "n_evals": (("basin",), n_evals.reshape(n_seeds, nb).sum(0).astype(np.int64),
+                     {"long_name": "model evaluations, all seeds"}),
+         "params_by_seed": (("seed", "basin", "parameter"), xs.astype(np.float64)),
+         "objective_by_seed": (("seed", "basin"), fs.astype(np.float64)),
+         "lower": (("parameter",), problem.lower), "upper": (("parameter",), problem.upper),
+         **{f"{k}_by_seed": (("seed", "basin"), np.asarray(v).reshape(n_seeds, nb)) for k, v in extra.items()}},
+        coords=coords)
+    tmp = path.with_name(path.name + ".tmp")
+    import shutil
+
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return pd.DataFrame({"objective": ds["objective"].values}, index=basins)
+
+
+def evaluate_calibration(run_dir: str | Path, *, exp=None, problem=None, norm=None, ds=None, log=print,
+                         write: bool = True, out: Path | None = None) -> pd.DataFrame:
+    """Run the calibrated parameters (``calibration.zarr``) on the test period after its
+    warm-up and score them; returns the metrics table (written to ``out``, by default
+    ``run_dir/evaluation``, with predictions and figures)."""
+    run_dir = Path(run_dir)
+    if exp is None:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        exp = build({k: config[k] for k in SECTIONS})
+        problem = Problem(exp.dpl, exp.loss, exp.train.warmup)
+        norm = Normalizer.from_json(run_dir / "normalizer.json")
+        ds = E.load_test_data(exp, log=log)
+    cal = xr.open_zarr(run_dir / "calibration.zarr")
+    basins = [str(b) for b in ds["basin"].values.tolist()]
+    missing = sorted(set(basins) - set(cal["basin"].values.tolist()))
+    if missing:
+        raise ValueError(f"{run_dir}/calibration.zarr has no parameters for basin(s) {missing[:10]}")
+    if list(cal["parameter"].values) != list(problem.names):
+        raise ValueError(f"{run_dir}/calibration.zarr holds parameters {list(cal['parameter'].values)}, "
+                         f"the configured model needs {list(problem.names)}")
+    x = cal["params"].sel(basin=basins).values.astype(np.float32)
+    arrays, times, skip = E.period_arrays(exp, ds, norm, exp.data.test)
+    q = predict_params(problem, x, arrays.forcing)
+    obs = np.asarray(arrays.obs)
+    table = E.score(q, obs, basins, skip)
+    out = (run_dir / "evaluation") if out is None else Path(out)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "metrics_test.csv", float_format="%.6f")
+        E.write_predictions(out / "predictions_test.zarr", q[:, skip:], obs[:, skip:], basins, times[skip:])
+        E.figures(out / "figures", q[:, skip:], obs[:, skip:], basins, times[skip:], table)
+        if out != run_dir:
+            summary = E.summarise(table)
+            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+            log(f"median test NSE: {summary['median_nse']:.4f}")
+    return table
+
+
+def predict_params(problem: Problem, x, forcing, chunk: int = 64) -> np.ndarray:
+    """Routed streamflow ``(N, T)`` of per-basin physical parameters ``x (N, n)``."""
+    run = jax.jit(problem.simulate)
+    n = x.shape[0]
+    parts = []
+    for i in range(0, n, chunk):
+        sl = slice(i, min(i + chunk, n))
+        parts.append(np.asarray(run(jnp.asarray(x[sl]), {k: v[sl] for k, v in forcing.items()})))
+    return np.concatenate(parts, axis=0)
