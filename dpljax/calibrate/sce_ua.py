@@ -233,7 +233,9 @@ def _init(fun, lower, upper, key, max_evals, kstop, pcento, peps, *, p, m, beta,
     dtype = lower.dtype
     key, sub = jax.random.split(key)
     x = lower + jax.random.uniform(sub, (s, n), dtype) * (upper - lower)
-    f, n_bad = _sanitize(jax.vmap(fun)(x))
+    # p points at a time (the width of an evolution round): the population of many basins
+    # at once would otherwise hold every simulation in memory together.
+    f, n_bad = _sanitize(jax.lax.map(fun, x, batch_size=p))
     f = f.astype(dtype)
     order = jnp.argsort(f, stable=True)
     x, f = x[order], f[order]
