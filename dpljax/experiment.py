@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -38,7 +37,8 @@ from .models.base import MODELS
 from .nets.registry import NETS
 from .schedules import make_schedule
 from .checkpoint import read_checkpoint_meta, save_checkpoint
-from .config import ConfigError, check_options, dataclass_section, is_int, is_number, lookup, section
+from .config import (ConfigError, ModelSection, NamedSection, OptimSection, check_options,
+                     dataclass_section, lookup, section)
 from .resume import ResumeError, differences, experiment_view, flat
 from .train import TrainConfig, fit
 
@@ -71,47 +71,58 @@ def _scheduled_optimizer(make, options: dict, schedule: dict, total: int) -> opt
     return make(**{**options, "learning_rate": make_schedule(schedule, options["learning_rate"], total)})
 
 
-def _build_model(mc: dict):
-    model_cls = lookup(MODELS, "model", mc.pop("name", None))
-    nmul = mc.pop("nmul", 16)
-    if not is_int(nmul) or nmul < 1:
-        raise ConfigError(f"model.nmul must be an integer >= 1, got {nmul!r}")
-    dynamic = mc.pop("dynamic", ()) or ()
-    if isinstance(dynamic, str) or not isinstance(dynamic, (list, tuple)) \
-            or not all(isinstance(d, str) for d in dynamic):
-        raise ConfigError(f"model.dynamic must be a list of parameter names, got {dynamic!r}")
-    routing = mc.pop("routing", True)
-    if not isinstance(routing, bool):
-        raise ConfigError(f"model.routing must be true or false, got {routing!r}")
-    options = mc.pop("options", {}) or {}
-    bounds_override = mc.pop("bounds", {}) or {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"model.options must be a mapping, got {options!r}")
-    if not isinstance(bounds_override, dict):
-        raise ConfigError(f"model.bounds must map parameter names to [lo, hi], got {bounds_override!r}")
-    if mc:
-        raise ConfigError(f"unknown key(s) {sorted(mc)} in 'model' "
-                          "(known: ['bounds', 'dynamic', 'name', 'nmul', 'options', 'routing'])")
-    check_options(model_cls, "model.options", options)
+def _build_model(mc: ModelSection) -> DPL:
+    model_cls = lookup(MODELS, "model", mc.name)
+    check_options(model_cls, "model.options", mc.options)
     try:
-        model = model_cls(**options)
+        model = model_cls(**mc.options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"'model.options': {e}") from e
     bounds = dict(model.bounds)
-    for k, v in bounds_override.items():
+    for k, v in mc.bounds.items():
         if k not in bounds:
             raise ConfigError(f"model.bounds: {k!r} is not a parameter of {model_cls.name} "
                               f"(parameters: {list(bounds)})")
-        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or len(v) != 2 \
-                or not all(is_number(x) and math.isfinite(x) for x in v):
-            raise ConfigError(f"model.bounds.{k} must be a pair [lo, hi] of finite numbers, got {v!r}")
-        if not float(v[0]) < float(v[1]):
-            raise ConfigError(f"model.bounds.{k}: lower bound {v[0]} must be < upper bound {v[1]}")
-        bounds[k] = tuple(float(x) for x in v)
+        bounds[k] = v
     try:
-        return DPL.of(model, nmul, tuple(dynamic), routing, bounds)
+        return DPL.of(model, mc.nmul, mc.dynamic, mc.routing, bounds)
     except ValueError as e:
         raise ConfigError(f"'model': {e}") from e
+
+
+def _check_net(nc: NamedSection, dpl: DPL):
+    net_cls = lookup(NETS, "net", nc.name)
+    check_options(net_cls, "net", nc.options, fixed=("n_dynamic", "n_static", "n_out"))
+    if dpl.space.dynamic and not net_cls.is_sequence:
+        raise ConfigError(f"model.dynamic={list(dpl.space.dynamic)} needs a sequence network (net=lstm); "
+                          f"net={nc.name!r} gives static parameters only")
+
+
+def _build_loss(lc: NamedSection):
+    loss_cls = lookup(LOSSES, "loss", lc.name)
+    check_options(loss_cls, "loss", lc.options)
+    try:
+        return loss_cls(**lc.options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"'loss': {e}") from e
+
+
+def _build_optimizer(oc: OptimSection):
+    """An Optax transformation or, with a schedule, a function of the run's total steps."""
+    make = getattr(optax, oc.name, None) if isinstance(oc.name, str) else None
+    if not callable(make):
+        raise ConfigError(f"optim.name={oc.name!r} is not an Optax optimiser")
+    check_options(make, "optim", oc.options)
+    try:
+        tx = make(**oc.options)
+        like = {"w": jnp.zeros(3)}
+        jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), like)  # wrong option types fail here
+    except Exception as e:  # noqa: BLE001 - any failure is the config's
+        raise ConfigError(f"'optim' ({oc.name}): {type(e).__name__}: {e}") from e
+    if oc.schedule is None:
+        return tx
+    make_schedule(oc.schedule, oc.options["learning_rate"], 100)  # its errors, before any compute
+    return partial(_scheduled_optimizer, make, oc.options, dict(oc.schedule))
 
 
 def build(config: dict) -> Experiment:
@@ -129,55 +140,18 @@ def build(config: dict) -> Experiment:
     unknown = sorted(set(config) - set(SECTIONS) - {"name"})
     if unknown:
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
-    dpl = _build_model(section(config, "model"))
-    space = dpl.space
-    nc = section(config, "net")
-    net_name = nc.pop("name", None)
-    net_cls = lookup(NETS, "net", net_name)
-    check_options(net_cls, "net", nc, fixed=("n_dynamic", "n_static", "n_out"))
-    if space.dynamic and not net_cls.is_sequence:
-        raise ConfigError(f"model.dynamic={list(space.dynamic)} needs a sequence network (net=lstm); "
-                          f"net={net_name!r} gives static parameters only")
-    lc = section(config, "loss")
-    loss_cls = lookup(LOSSES, "loss", lc.pop("name", None))
-    check_options(loss_cls, "loss", lc)
-    try:
-        loss = loss_cls(**lc)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"'loss': {e}") from e
-    oc = section(config, "optim")
-    oname = oc.pop("name", None)
-    schedule = oc.pop("schedule", None)
-    if not isinstance(oname, str) or not callable(getattr(optax, oname, None)):
-        raise ConfigError(f"optim.name={oname!r} is not an Optax optimiser")
-    check_options(getattr(optax, oname), "optim", oc)
-    lr = oc.get("learning_rate")
-    if lr is not None and not (is_number(lr) and lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"optim.learning_rate must be a number > 0, got {lr!r}")
-    if schedule is not None and lr is None:
-        raise ConfigError("optim.schedule needs optim.learning_rate (the peak of the schedule)")
-    try:
-        tx = getattr(optax, oname)(**oc)
-        like = {"w": jnp.zeros(3)}
-        jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), like)  # wrong option types fail here
-    except Exception as e:  # noqa: BLE001 - any failure is the config's
-        raise ConfigError(f"'optim' ({oname}): {type(e).__name__}: {e}") from e
-    if schedule is not None:
-        if not isinstance(schedule, dict):
-            raise ConfigError(f"optim.schedule must be a mapping like {{name: cosine, warmup: 0.0, "
-                              f"final: 0.01}}, got {schedule!r}")
-        try:
-            make_schedule(schedule, lr, 100)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-        tx = partial(_scheduled_optimizer, getattr(optax, oname), oc, dict(schedule))
+    dpl = _build_model(dataclass_section(ModelSection, "model", section(config, "model")))
+    nc = dataclass_section(NamedSection, "net", section(config, "net"))
+    _check_net(nc, dpl)
+    loss = _build_loss(dataclass_section(NamedSection, "loss", section(config, "loss")))
+    tx = _build_optimizer(dataclass_section(OptimSection, "optim", section(config, "optim")))
     data = dataclass_section(DataConfig, "data", section(config, "data"))
     train = dataclass_section(TrainConfig, "train", section(config, "train"))
     n_days = (np.datetime64(data.train[1]) - np.datetime64(data.train[0])).astype(int) + 1
     if train.warmup + train.window > n_days:
         raise ConfigError(f"train.warmup + train.window = {train.warmup} + {train.window} days is longer "
                           f"than the training period data.train={list(data.train)} ({n_days} days)")
-    exp = Experiment(config, dpl, data, train, loss, tx, net_name, nc)
+    exp = Experiment(config, dpl, data, train, loss, tx, nc.name, nc.options)
     try:  # shapes only: wrong option types of the network fail here, not inside the jitted step
         def trial():
             net = exp.make_net(len(data.net_forcing), len(data.attributes))
@@ -186,9 +160,9 @@ def build(config: dict) -> Experiment:
 
         out = jax.eval_shape(trial)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"'net' ({net_name}): {type(e).__name__}: {e}") from e
-    if out.shape[-1] != space.n_outputs:
-        raise ConfigError(f"net {net_name!r} emits {out.shape[-1]} values, the model needs {space.n_outputs}")
+        raise ConfigError(f"'net' ({nc.name}): {type(e).__name__}: {e}") from e
+    if out.shape[-1] != dpl.space.n_outputs:
+        raise ConfigError(f"net {nc.name!r} emits {out.shape[-1]} values, the model needs {dpl.space.n_outputs}")
     return exp
 
 

@@ -13,23 +13,29 @@ a schedule is stated in fractions of the run, never in steps::
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable
 
 import optax
 
+from .config import ConfigError, check_options, lookup
+from .registry import Registry
+
+#: Learning-rate schedules by name: ``fn(lr, total, **fractions) -> optax.Schedule``.
+SCHEDULES: Registry[Callable[..., optax.Schedule]] = Registry("schedule")
+
 
 def _check(warmup: float, final: float) -> None:
     for key, v in (("warmup", warmup), ("final", final)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"optim.schedule.{key} must be a number, got {v!r}")
+            raise ConfigError(f"optim.schedule.{key} must be a number, got {v!r}")
     if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"optim.schedule.warmup must be a fraction of the run in [0, 1), got {warmup!r}")
+        raise ConfigError(f"optim.schedule.warmup must be a fraction of the run in [0, 1), got {warmup!r}")
     if not 0.0 <= final <= 1.0:
-        raise ValueError(f"optim.schedule.final must be a fraction of learning_rate in [0, 1], got {final!r}")
+        raise ConfigError(f"optim.schedule.final must be a fraction of learning_rate in [0, 1], got {final!r}")
 
 
+@SCHEDULES.register("cosine")
 def cosine(lr: float, total: int, *, warmup: float = 0.0, final: float = 0.01) -> optax.Schedule:
     """Linear warm-up over ``warmup`` of the run, then cosine decay to ``final * lr``."""
     _check(warmup, final)
@@ -39,6 +45,7 @@ def cosine(lr: float, total: int, *, warmup: float = 0.0, final: float = 0.01) -
         decay_steps=max(total, n_warm + 1), end_value=final * lr)
 
 
+@SCHEDULES.register("linear")
 def linear(lr: float, total: int, *, warmup: float = 0.0, final: float = 0.0) -> optax.Schedule:
     """Linear warm-up over ``warmup`` of the run, then linear decay to ``final * lr``."""
     _check(warmup, final)
@@ -48,19 +55,13 @@ def linear(lr: float, total: int, *, warmup: float = 0.0, final: float = 0.0) ->
     return optax.join_schedules(parts, [n_warm]) if n_warm else parts[0]
 
 
-SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {"cosine": cosine, "linear": linear}
-
-
 def make_schedule(spec: dict, lr: float, total: int) -> optax.Schedule:
-    """The schedule ``spec`` (``{name, **fractions}``) over ``total`` steps from peak ``lr``."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in SCHEDULES:
-        raise ValueError(f"optim.schedule.name={name!r} is not a schedule (choose from {sorted(SCHEDULES)})")
-    fn = SCHEDULES[name]
+    """The schedule ``spec`` (``{name, **fractions}``) over ``total`` steps from peak ``lr``.
 
-    known = {p for p in inspect.signature(fn).parameters if p not in ("lr", "total")}
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in optim.schedule ({name}; known: {sorted(known)})")
+    The name is looked up in :data:`SCHEDULES` and the other keys are checked against the
+    schedule's keyword options, as every config section is (a :class:`ConfigError` naming
+    the key and the bad value)."""
+    spec = dict(spec)
+    fn = lookup(SCHEDULES, "optim.schedule", spec.pop("name", None))
+    check_options(fn, "optim.schedule", spec, fixed=("lr", "total"))
     return fn(lr, total, **spec)

@@ -46,7 +46,7 @@ def test_linear_shape():
 
 
 @pytest.mark.parametrize("schedule, match", [
-    ({"name": "step"}, "not a schedule"),
+    ({"name": "step"}, r"optim.schedule.name='step' is not registered \(choose from \['cosine', 'linear'\]\)"),
     ({"name": "cosine", "warmpu": 0.1}, r"unknown key\(s\) \['warmpu'\]"),
     ({"name": "cosine", "warmup": 1.5}, "warmup must be a fraction"),
     ({"name": "cosine", "final": -0.1}, "final must be a fraction"),
@@ -105,3 +105,18 @@ def test_resume_cannot_change_epochs_under_a_schedule(data, tmp_path):
     # the same length resumes (nothing left to do) without complaint
     same = TrainConfig(**{**short.__dict__, "resume": True})
     assert _fit(cfg, data, same, run_dir=tmp_path).step == 3
+
+
+def test_schedules_are_one_registry():
+    from dpljax.config import ConfigError as CE
+    from dpljax.registry import Registry
+    from dpljax.schedules import SCHEDULES, cosine, linear
+
+    assert isinstance(SCHEDULES, Registry) and SCHEDULES.names() == ["cosine", "linear"]
+    assert SCHEDULES["cosine"] is cosine and SCHEDULES["linear"] is linear
+    with pytest.raises(CE, match=r"optim.schedule.name=None is not registered \(choose from \['cosine', 'linear'\]\)"):
+        make_schedule({"warmup": 0.1}, 1e-3, 10)
+    with pytest.raises(CE, match=r"optim.schedule.final must be a number, got True \(bool\)"):
+        make_schedule({"name": "linear", "final": True}, 1e-3, 10)
+    with pytest.raises(ValueError, match="registered twice"):
+        SCHEDULES.register("cosine")(linear)
