@@ -36,7 +36,7 @@ from .losses import LOSSES
 from .models.base import MODELS
 from .nets.registry import NETS
 from .schedules import make_schedule
-from .checkpoint import read_checkpoint_meta, save_checkpoint
+from .checkpoint import read_training_meta, save_checkpoint
 from .config import (ConfigError, ModelSection, NamedSection, OptimSection, check_options,
                      dataclass_section, lookup, section)
 from .resume import ResumeError, differences, experiment_view, flat
@@ -232,7 +232,7 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
         if not exp.train.resume:
             raise ConfigError(f"{run_dir} already holds a training run ({last}); pass "
                               "train.resume=true to continue it, or choose a new run directory")
-        old = read_checkpoint_meta(last)
+        old = read_training_meta(last)
         diffs = differences(old, exp.train, {"experiment": experiment_view(exp)})
         if diffs:
             raise ResumeError(f"cannot resume from {last}: " + "; ".join(diffs))
@@ -240,19 +240,20 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
         log(f"train.resume=true, but {last} does not exist: starting a new run")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    info = write_run_info(run_dir, resumed=None if old is None else {"from_step": old["step"]})
+    info = write_run_info(run_dir, resumed=None if old is None else {"from_step": old.step})
     ds, report = load_with_report(exp.data, log=log, forcing=exp.dpl.model.forcing)
     basins = ds["basin"].values.tolist()
     check_against_data(exp, ds, report)
     norm = fit_normalizer(exp.data, ds)
     norm_d = json.loads(json.dumps(asdict(norm)))
-    if old is not None and old.get("normalizer") is not None:
-        if flat(old["normalizer"]) != flat(norm_d):
+    old_norm = old.extra.get("normalizer") if old is not None else None
+    if old_norm is not None:
+        if flat(old_norm) != flat(norm_d):
             raise ResumeError(f"cannot resume from {last}: the normalisation statistics of the data "
                               "differ from those stored in the checkpoint (did the data change?)")
-        norm = Normalizer(dynamic={k: tuple(v) for k, v in old["normalizer"]["dynamic"].items()},
-                          static={k: tuple(v) for k, v in old["normalizer"]["static"].items()},
-                          categories=old["normalizer"].get("categories", {}))
+        norm = Normalizer(dynamic={k: tuple(v) for k, v in old_norm["dynamic"].items()},
+                          static={k: tuple(v) for k, v in old_norm["static"].items()},
+                          categories=old_norm.get("categories", {}))
     norm.to_json(run_dir / "normalizer.json")
     train_arrays, _ = prepare(exp.data, ds, norm, *exp.data.train, forcing=exp.dpl.model.forcing)
     train_missing = np.isnan(np.asarray(train_arrays.obs)).sum(axis=1)
@@ -282,9 +283,9 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     result = fit(exp.dpl, net, exp.tx, exp.loss, train_arrays, exp.train, run_dir=run_dir,
                  validate=validate, basins=basins, log=log, meta=meta)
     (run_dir / "train_log.json").write_text(json.dumps(result.history, indent=1))
-    state = result.best_state if result.best_state is not None else result.net_state
+    state = result.best_theta if result.best_theta is not None else result.state.theta
     save_checkpoint(run_dir / "weights.npz", state, {"step": result.step,
-                                                     "which": "best" if result.best_state is not None else "last"})
+                                                     "which": "best" if result.best_theta is not None else "last"})
     table = E.evaluate_period(exp, E.load_test_data(exp, ds, log), norm, graphdef, state, exp.data.test, run_dir)
     test_missing = table["n_missing"].astype(int)
     log(f"test: {int(test_missing.sum())} missing observations masked")

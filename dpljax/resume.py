@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import CheckpointMeta
 from .config import ConfigError
 
 _SECTIONS = ("model", "net", "loss", "optim", "data", "train")
@@ -59,36 +60,55 @@ def changes(old: Any, new: Any, ignore=()) -> list[tuple[str, Any, Any]]:
             if k not in ignore and a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
-def differences(old_meta: dict, cfg, meta: dict, *, ipe: int | None = None,
-                        key_data: list | None = None, basins=None) -> list[str]:
-    """What keeps a checkpoint from being continued bit-for-bit by this run."""
+def differences(old: CheckpointMeta, cfg, extra: dict, *, ipe: int | None = None,
+                key_data: list | None = None, basins=None, scheduled: bool = False) -> list[str]:
+    """What keeps the checkpoint ``old`` from being continued bit-for-bit by this run: its
+    train config (but :data:`RESUMABLE_CHANGES`), random key, iterations per epoch, basins and
+    ``extra`` records (e.g. normalizer, experiment); with a learning-rate schedule laid over
+    the run (``scheduled``), ``train.epochs`` too."""
     diffs = []
-    old_cfg, new_cfg = old_meta.get("config", {}), asdict(cfg)
+    new_cfg = asdict(cfg)
     for k, v in new_cfg.items():
-        if k not in RESUMABLE_CHANGES and k in old_cfg and old_cfg[k] != v:
-            diffs.append(f"train.{k} was {old_cfg[k]!r}, now {v!r}")
-    if key_data is not None and old_meta.get("key_data") not in (None, key_data) and not diffs:
+        if k not in RESUMABLE_CHANGES and k in old.config and old.config[k] != v:
+            diffs.append(f"train.{k} was {old.config[k]!r}, now {v!r}")
+    if key_data is not None and old.key_data not in (None, key_data) and not diffs:
         diffs.append("the random key derived from train.seed differs")
-    if ipe is not None and old_meta.get("iters_per_epoch") not in (None, ipe):
-        diffs.append(f"iterations per epoch were {old_meta['iters_per_epoch']}, now {ipe}")
-    if basins is not None and old_meta.get("basins") is not None and \
-            old_meta["basins"] != [str(b) for b in basins]:
-        diffs.append(f"the training basins differ ({len(old_meta['basins'])} in the checkpoint, "
+    if ipe is not None and old.iters_per_epoch not in (None, ipe):
+        diffs.append(f"iterations per epoch were {old.iters_per_epoch}, now {ipe}")
+    if basins is not None and old.basins is not None and old.basins != [str(b) for b in basins]:
+        diffs.append(f"the training basins differ ({len(old.basins)} in the checkpoint, "
                      f"{len(basins)} now)")
-    for k, v in meta.items():
-        if k not in old_meta:
+    for k, v in extra.items():
+        if k not in old.extra:
             continue
-        changed = changes(old_meta[k], v)
+        changed = changes(old.extra[k], v)
         if changed:
             shown = ", ".join(f"{x}: {o!r} -> {n!r}" for x, o, n in changed[:6])
             more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
             diffs.append(f"{k} differs: {shown}{more}")
+    old_epochs = old.config.get("epochs", cfg.epochs)
+    if scheduled and old_epochs != cfg.epochs:
+        diffs.append(f"train.epochs was {old_epochs}, now {cfg.epochs}, and the learning-rate "
+                     "schedule is laid over the whole run (optim.schedule), so it would change")
     return diffs
+
+
+def check_resume(path, old: CheckpointMeta, cfg, extra: dict, *, ipe: int, total: int,
+                 key_data: list, basins=None, scheduled: bool = False) -> None:
+    """Raise a :class:`ResumeError` unless ``fit`` may continue the checkpoint ``old`` (at
+    ``path``) with this config and data to the run's ``total`` steps."""
+    diffs = differences(old, cfg, extra, ipe=ipe, key_data=key_data, basins=basins, scheduled=scheduled)
+    if diffs:
+        raise ResumeError(f"cannot resume from {path}: " + "; ".join(diffs) + ". Resume with the "
+                          "configuration and data of the original run, or start a new run directory.")
+    if old.step > total:
+        raise ResumeError(f"cannot resume from {path}: it is at step {old.step} (epoch "
+                          f"{old.step / ipe:g}), beyond train.epochs={cfg.epochs} x {ipe} iterations")
 
 
 def experiment_view(exp) -> dict:
     """The parts of an experiment a resumed run must share with its checkpoint (the train
-    section is compared by :func:`dpljax.train.fit`; the data's location may move)."""
+    section is compared by :func:`check_resume`; the data's location may move)."""
     data = asdict(exp.data)
     data.pop("source")
     view = {s: exp.config[s] for s in ("model", "net", "loss", "optim")}
@@ -98,7 +118,7 @@ def experiment_view(exp) -> dict:
 
 def resume_config(composed: dict, run_dir: str | Path, overrides: list[str], log=print) -> dict:
     """The config of a resumed command-line run: the run's saved ``config.yaml``, with the
-    command line's changes of :data:`~dpljax.train.RESUMABLE_CHANGES` (e.g. ``train.epochs``)
+    command line's changes of :data:`RESUMABLE_CHANGES` (e.g. ``train.epochs``)
     applied. Any other override that contradicts the saved config is a :class:`ConfigError`;
     overrides of whole config trees (``experiment=...``) are ignored: the saved run governs.
     """

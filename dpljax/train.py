@@ -1,20 +1,25 @@
-"""Training: one jitted Optax step over the whole pipeline, validation, checkpoints, resume.
+"""Training: a training state PyTree, one jitted Optax step over the whole pipeline, and a
+short loop around it.
 
-The train step is a pure function ``(net_state, opt_state, step, arrays) -> (net_state,
-opt_state, loss, ok, basin_idx)``: it samples its own minibatch on the device from
-``fold_in(seed_key, step)``, runs network -> HBV -> routing, takes the masked loss after the
-warm-up, and applies the Optax update only when the loss, every gradient and the updated
-parameters are finite. :func:`fit` runs it, validates, writes atomic checkpoints holding
-everything a bit-exact resume needs, and resumes from them.
+:class:`TrainState` ``(step, theta, opt_state)`` is what the step carries (cf. flax's
+``TrainState``). The step is a pure function ``(dpl, state, arrays, seed_key) -> (state,
+StepInfo)``: it samples its own minibatch on the device from ``fold_in(seed_key, step)``,
+runs network -> process model -> routing, takes the masked loss after the warm-up, and
+applies the Optax update only when the loss, every gradient and the updated parameters are
+finite. :func:`fit` runs it; its pieces are named: the run's plan (:class:`RunPlan`), a fresh
+start or a resume (:meth:`Run.start`, rules in :mod:`dpljax.resume`), the NaN policy
+(:meth:`Run.after_step`), the end of an epoch with validation and the best state
+(:meth:`Run.end_epoch`), the checkpoint cadence (:meth:`Run.checkpoint_if_due`; I/O in
+:mod:`dpljax.checkpoint`) and progress (:class:`Progress`).
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +27,16 @@ import numpy as np
 import optax
 from flax import nnx
 
+from .checkpoint import (CheckpointMeta, RunRecord, load_training, read_training_meta, save_checkpoint,
+                         save_training)
 from .data.dataset import Arrays
 from .data.sampler import iterations_per_epoch, sample_batch
-from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .dpl import DPL, as_source, simulate
 from .parallel import basin_mesh, replicate, shard_basins
-from .resume import ResumeError, differences
+from .resume import ResumeError, check_resume
+
+__all__ = ["NonFiniteLoss", "ResumeError", "RunPlan", "StepInfo", "TrainConfig", "TrainResult",
+           "TrainState", "TrainStep", "fit", "make_optimizer", "make_train_step"]
 
 
 @dataclass
@@ -107,70 +116,107 @@ def make_optimizer(tx: optax.GradientTransformation, clip_grad_norm: float | Non
     return optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx) if clip_grad_norm else tx
 
 
+# ---------------------------------------------------------------------- the state and the step
+class TrainState(NamedTuple):
+    """What the train step carries from one step to the next: ``step`` (int32 scalar), the
+    number of batches drawn so far, which is the sampler's position; ``theta``, the network's
+    state (``nnx.State``: its parameters and any other variables); ``opt_state``, the
+    optimiser's state. A PyTree: it is donated to the step, replicated over devices and
+    written whole to a checkpoint."""
+
+    step: jax.Array
+    theta: Any
+    opt_state: Any
+
+    @classmethod
+    def create(cls, theta, tx: optax.GradientTransformation, step: int = 0) -> "TrainState":
+        return cls(jnp.asarray(step, jnp.int32), theta, tx.init(theta))
+
+
+class StepInfo(NamedTuple):
+    """What a step reports: its loss, whether it was applied (loss, gradient and update all
+    finite), and the indices of the batch's basins."""
+
+    loss: jax.Array
+    ok: jax.Array
+    basin_idx: jax.Array
+
+
 class TrainStep:
-    """The jitted step ``(theta, opt_state, step, arrays, seed_key) -> (theta, opt_state,
-    loss, ok, basin_idx)``. The chain (``dpl``, with a surrogate's weights if any) is an
-    argument of the compiled program, passed by this wrapper, never a baked-in constant."""
+    """The jitted step ``(state, arrays, seed_key) -> (state, StepInfo)``. The chain (``dpl``,
+    with a surrogate's weights if any) is an argument of the compiled program, passed by this
+    wrapper, never a baked-in constant.
+
+    The form ``(theta, opt_state, step, arrays, seed_key) -> (theta, opt_state, loss, ok,
+    basin_idx)`` of earlier versions is still accepted (``benchmarks/throughput.py`` uses it)."""
 
     def __init__(self, jitted, dpl):
         self.jitted, self.dpl = jitted, dpl
 
-    def __call__(self, theta, opt_state, step, arrays, seed_key):
-        return self.jitted(self.dpl, theta, opt_state, step, arrays, seed_key)
+    def __call__(self, *args):
+        if len(args) == 3:
+            return self.jitted(self.dpl, *args)
+        theta, opt_state, step, arrays, seed_key = args
+        state, info = self.jitted(self.dpl, TrainState(jnp.asarray(step, jnp.int32), theta, opt_state),
+                                  arrays, seed_key)
+        return state.theta, state.opt_state, *info
 
     def lower(self, *args):
+        if len(args) == 5:
+            args = (TrainState(jnp.asarray(args[2], jnp.int32), *args[:2]), *args[3:])
         return self.jitted.lower(self.dpl, *args)
 
     def _cache_size(self) -> int:
         return self.jitted._cache_size()
 
 
+def _finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn: Callable,
                     cfg: TrainConfig) -> TrainStep:
     """The jitted step. ``source`` makes the raw parameters from ``theta`` (a network's
-    graphdef: the network's state is ``theta``). ``arrays`` and the states are arguments."""
+    graphdef: the network's state is ``theta``). ``arrays`` and the state are arguments."""
     source = as_source(source)
     n_b, warmup, length = cfg.batch_basins, cfg.warmup, cfg.warmup + cfg.window
     mesh = basin_mesh(cfg.devices) if cfg.devices > 1 else None
 
-    def step_fn(dpl, net_state, opt_state, step, arrays: Arrays, seed_key):
-        key = jax.random.fold_in(seed_key, step)
+    def step_fn(dpl, state: TrainState, arrays: Arrays, seed_key) -> tuple[TrainState, StepInfo]:
+        key = jax.random.fold_in(seed_key, state.step)
         k_batch, k_drop = jax.random.split(key)
         idx, b = sample_batch(k_batch, arrays, n_b, length)
         if mesh is not None:
             b = shard_basins(b, mesh)
 
-        def loss_of(state):
-            q = simulate(dpl, source, state, b, key=k_drop).q
+        def loss_of(theta):
+            q = simulate(dpl, source, theta, b, key=k_drop).q
             return loss_fn(q[:, warmup:], b.obs[:, warmup:], b.obs_std)
 
-        loss, grads = jax.value_and_grad(loss_of)(net_state)
-        def finite(tree):
-            leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-                      if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-            return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-        ok = jnp.isfinite(loss) & finite(grads)
+        loss, grads = jax.value_and_grad(loss_of)(state.theta)
+        ok = jnp.isfinite(loss) & _finite(grads)
         # A non-finite gradient never reaches the parameters or the optimizer's moments ...
         grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
-        updates, new_opt = tx.update(grads, opt_state, net_state)
-        new_state = optax.apply_updates(net_state, updates)
+        updates, new_opt = tx.update(grads, state.opt_state, state.theta)
+        new_theta = optax.apply_updates(state.theta, updates)
         # ... nor does a non-finite update (e.g. an optimiser dividing 0 by 0).
-        ok = ok & finite(new_state) & finite(new_opt)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-        return keep(new_state, net_state), keep(new_opt, opt_state), loss, ok, idx
+        ok = ok & _finite(new_theta) & _finite(new_opt)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        new = TrainState(state.step + 1, keep(new_theta, state.theta), keep(new_opt, state.opt_state))
+        return new, StepInfo(loss, ok, idx)
 
-    return TrainStep(jax.jit(step_fn, donate_argnums=(1, 2)), dpl)
+    return TrainStep(jax.jit(step_fn, donate_argnums=(1,)), dpl)
 
 
 # ---------------------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
-    net_state: Any
-    opt_state: Any
+    state: TrainState
     step: int
     history: list[dict]
-    best_state: Any = None
+    best_theta: Any = None
     wall_time: float = 0.0
     skipped_steps: int = 0
     skipped_batches: list = field(default_factory=list)
@@ -181,154 +227,205 @@ class TrainResult:
 MAX_SKIPPED_RECORDS = 100
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """The run's length and randomness: ``ipe`` iterations per epoch, ``total`` steps, the
+    seed's key (batch ``k`` is drawn from ``fold_in(seed_key, k)``) and its data."""
+
+    ipe: int
+    total: int
+    seed_key: Any
+    key_data: list
+
+    @classmethod
+    def of(cls, arrays: Arrays, cfg: TrainConfig) -> "RunPlan":
+        n_basins, n_days = arrays.obs.shape
+        if cfg.batch_basins > n_basins:
+            raise ValueError(f"train.batch_basins={cfg.batch_basins} is larger than the "
+                             f"{n_basins} training basins")
+        length = cfg.warmup + cfg.window
+        if length > n_days:
+            raise ValueError(f"train.warmup + train.window = {length} days is longer than the "
+                             f"training period ({n_days} days)")
+        ipe = cfg.iters_per_epoch or iterations_per_epoch(n_basins, n_days, cfg.batch_basins, cfg.window)
+        key = jax.random.key(cfg.seed)
+        return cls(ipe, cfg.epochs * ipe, key, np.asarray(jax.random.key_data(key)).tolist())
+
+
+class Progress:
+    """A progress bar over the steps (``train.progress``), else one JSON line per epoch."""
+
+    def __init__(self, enabled: bool, total: int, start: int, log: Callable):
+        self.log, self.bar = log, None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", mininterval=0.5, dynamic_ncols=True)
+
+    def step(self, step: int, loss) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 10 == 0:
+                self.bar.set_postfix(loss=f"{float(loss):.4f}")
+
+    def epoch(self, entry: dict) -> None:
+        if self.bar is None:
+            self.log(json.dumps(entry))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Run:
+    """The host side of one :func:`fit`: the record (history, skipped steps, best state), the
+    checkpoints in ``run_dir/checkpoints`` and the clock."""
+
+    def __init__(self, cfg: TrainConfig, plan: RunPlan, run_dir, basins, extra: dict, log: Callable):
+        self.cfg, self.plan, self.basins, self.extra, self.log = cfg, plan, basins, extra, log
+        self.dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
+        self.last = self.dir / "last.npz" if self.dir is not None else None
+        self.record, self.best_theta = RunRecord(), None
+        self.step0, self.resumed_from = 0, None
+
+    def names(self, idx) -> list:
+        idx = np.asarray(idx)
+        return [str(self.basins[i]) for i in idx] if self.basins is not None else idx.tolist()
+
+    def start(self, fresh: TrainState, scheduled: bool) -> TrainState:
+        """``fresh``, or with ``train.resume`` the state of the last checkpoint (if any),
+        after :func:`~dpljax.resume.check_resume` found nothing that would change its path."""
+        if not (self.cfg.resume and self.last is not None and self.last.exists()):
+            return fresh
+        old = read_training_meta(self.last)
+        check_resume(self.last, old, self.cfg, self.extra, ipe=self.plan.ipe, total=self.plan.total,
+                     key_data=self.plan.key_data, basins=self.basins, scheduled=scheduled)
+        state, self.best_theta, old = load_training(self.last, fresh, fresh.theta)
+        self.record, self.step0 = old.record, old.step
+        self.resumed_from = old.step
+        self.log(f"resumed from {self.last} at step {old.step} of {self.plan.total} "
+                 f"(epoch {old.step / self.plan.ipe:g} of {self.cfg.epochs})")
+        return state
+
+    def clock(self) -> None:
+        self.t0 = self.last_save = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.record.elapsed_s + time.perf_counter() - self.t0
+
+    def save(self, step: int, state: TrainState) -> None:
+        rec = replace(self.record, elapsed_s=self.elapsed(),
+                      epoch_losses=[float(x) for x in self.record.epoch_losses])
+        meta = CheckpointMeta(step, self.plan.ipe, self.cfg.seed, self.plan.key_data, asdict(self.cfg),
+                              [str(b) for b in self.basins] if self.basins is not None else None,
+                              rec, extra=self.extra)
+        save_training(self.last, state, self.best_theta, meta)
+        self.last_save = time.perf_counter()
+
+    def after_step(self, step: int, state: TrainState, info: StepInfo) -> None:
+        """The NaN policy: a step that was not applied is skipped (counted, its basins named)
+        or, under ``nan_policy='halt'``, ends the run after saving the state before it."""
+        self.record.epoch_losses.append(info.loss)
+        if bool(info.ok):
+            return
+        msg = (f"step {step} (epoch {step // self.plan.ipe + 1}): loss, gradient or update not "
+               f"finite (loss={float(info.loss)}); batch basins: {self.names(info.basin_idx)}")
+        if self.cfg.nan_policy == "halt":
+            # The guarded step left the parameters untouched: save them, so that nothing
+            # since the last checkpoint is lost.
+            if self.last is not None:
+                self.save(step, state._replace(step=jnp.asarray(step, jnp.int32)))
+                msg += (f". The parameters before this step are saved in {self.last} (step {step}); "
+                        "to go on past such batches, resume with train.resume=true train.nan_policy=skip")
+            raise NonFiniteLoss(msg)
+        self.record.skipped += 1
+        if len(self.record.skipped_batches) < MAX_SKIPPED_RECORDS:
+            self.record.skipped_batches.append({"step": step, "basins": self.names(info.basin_idx),
+                                                "loss": float(info.loss)})
+        self.log(msg + " -- step skipped, parameters unchanged")
+
+    def end_epoch(self, done: int, theta, validate: Callable | None) -> dict:
+        """The epoch's history entry (mean loss, skipped steps, time, validation score)."""
+        rec, epoch = self.record, done // self.plan.ipe
+        ls = np.asarray(jnp.stack([jnp.asarray(x, jnp.float32) for x in rec.epoch_losses]))
+        entry = {"epoch": epoch, "step": done,
+                 "loss": float(np.nanmean(ls)) if np.isfinite(ls).any() else None,
+                 "skipped": rec.skipped - sum(h.get("skipped", 0) for h in rec.history),
+                 "time": self.elapsed()}
+        rec.epoch_losses = []
+        if validate is not None and (epoch % self.cfg.valid_every == 0 or done == self.plan.total):
+            entry["valid"] = float(validate(theta))
+            self.offer_best(entry["valid"], done, theta)
+        rec.history.append(entry)
+        return entry
+
+    def offer_best(self, score: float, step: int, theta) -> None:
+        """Keep ``theta`` (and write ``best.npz``) if ``score`` beats the best so far."""
+        if score <= (-math.inf if self.record.best_score is None else self.record.best_score):
+            return
+        # A copy: the train step donates (and may overwrite) the state's buffers.
+        self.best_theta = jax.tree.map(jnp.copy, theta)
+        self.record.best_score, self.record.best_step = score, step
+        if self.dir is not None:
+            save_checkpoint(self.dir / "best.npz", self.best_theta, {"step": step, "score": score})
+
+    def checkpoint_if_due(self, done: int, state: TrainState) -> None:
+        """At the end of every ``checkpoint_every``-th epoch and of the run, and in between
+        every ``checkpoint_minutes`` of wall time."""
+        if self.last is None:
+            return
+        if done % self.plan.ipe == 0:
+            due = (done // self.plan.ipe) % self.cfg.checkpoint_every == 0 or done == self.plan.total
+        else:
+            due = self.cfg.checkpoint_minutes is not None and \
+                time.perf_counter() - self.last_save >= 60.0 * self.cfg.checkpoint_minutes
+        if due:
+            self.save(done, state)
+
+    def result(self, state: TrainState) -> TrainResult:
+        rec = self.record
+        return TrainResult(state, self.plan.total, rec.history, self.best_theta, self.elapsed(),
+                           rec.skipped, rec.skipped_batches, self.resumed_from)
+
+
 def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[int], optax.GradientTransformation],
-        loss_fn: Callable,
-        arrays: Arrays, cfg: TrainConfig, *, run_dir: str | Path | None = None,
+        loss_fn: Callable, arrays: Arrays, cfg: TrainConfig, *, run_dir: str | Path | None = None,
         validate: Callable[[Any], float] | None = None, basins=None, log: Callable = print,
         meta: dict | None = None) -> TrainResult:
     """Train ``net`` from a fresh start or, with ``cfg.resume``, from ``run_dir``'s last
-    checkpoint. ``validate(net_state) -> score`` (higher is better) picks the best state.
+    checkpoint. ``validate(theta) -> score`` (higher is better) picks the best state.
     ``tx`` is an Optax transformation or a function of the run's total number of steps that
     returns one (a learning-rate schedule laid over the run).
 
-    A checkpoint (``run_dir/checkpoints/last.npz``) holds the network parameters, the
-    optimiser state and the best state so far; its metadata hold the step, epoch, seed and
-    random key (the sampler's position is the step: batch ``k`` is drawn from
-    ``fold_in(key(seed), k)``), history, skipped batches, this config and ``meta`` (e.g. the
-    normalisation statistics and the experiment config). Resuming checks that the config
-    (except :data:`RESUMABLE_CHANGES`), ``meta`` and ``basins`` match the checkpoint's, so a
-    resumed run ends with exactly the parameters of an uninterrupted one.
+    A checkpoint (``run_dir/checkpoints/last.npz``) holds the :class:`TrainState` and the best
+    parameters so far, with a :class:`~dpljax.checkpoint.CheckpointMeta`: the step, seed and
+    random key, history, skipped batches, this config, the basins and ``meta`` (e.g. the
+    normalisation statistics and the experiment config). Resuming checks them
+    (:func:`dpljax.resume.check_resume`), so a resumed run ends with exactly the parameters of
+    an uninterrupted one.
     """
-    n_basins, n_days = arrays.obs.shape
-    if cfg.batch_basins > n_basins:
-        raise ValueError(f"train.batch_basins={cfg.batch_basins} is larger than the "
-                         f"{n_basins} training basins")
-    length = cfg.warmup + cfg.window
-    if length > n_days:
-        raise ValueError(f"train.warmup + train.window = {length} days is longer than the "
-                         f"training period ({n_days} days)")
-    ipe = cfg.iters_per_epoch or iterations_per_epoch(n_basins, n_days, cfg.batch_basins, cfg.window)
-    total = cfg.epochs * ipe
+    plan = RunPlan.of(arrays, cfg)
     scheduled = not isinstance(tx, optax.GradientTransformation)
-    if scheduled:
-        tx = tx(total)
-    tx = make_optimizer(tx, cfg.clip_grad_norm)
-    graphdef, net_state = nnx.split(net)
-    opt_state = tx.init(net_state)
-    seed_key = jax.random.key(cfg.seed)
-    key_data = np.asarray(jax.random.key_data(seed_key)).tolist()
-    meta = dict(meta or {})
-    names_of = (lambda idx: [str(basins[i]) for i in np.asarray(idx)]) if basins is not None \
-        else (lambda idx: np.asarray(idx).tolist())
-    step0, history, best_score, best_state, best_step = 0, [], -math.inf, None, None
-    skipped, skipped_batches, epoch_losses, elapsed0, resumed_from = 0, [], [], 0.0, None
-    ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
-    last = ckpt_dir / "last.npz" if ckpt_dir is not None else None
-    if cfg.resume and last is not None and last.exists():
-        old = read_checkpoint_meta(last)
-        diffs = differences(old, cfg, meta, ipe=ipe, key_data=key_data, basins=basins)
-        old_epochs = old.get("config", {}).get("epochs", cfg.epochs)
-        if scheduled and old_epochs != cfg.epochs:
-            diffs.append(f"train.epochs was {old_epochs}, now {cfg.epochs}, and the learning-rate "
-                         "schedule is laid over the whole run (optim.schedule), so it would change")
-        if diffs:
-            raise ResumeError(f"cannot resume from {last}: " + "; ".join(diffs) + ". Resume with the "
-                              "configuration and data of the original run, or start a new run directory.")
-        if old["step"] > total:
-            raise ResumeError(f"cannot resume from {last}: it is at step {old['step']} (epoch "
-                              f"{old['step'] / ipe:g}), beyond train.epochs={cfg.epochs} x {ipe} iterations")
-        like = {"net": net_state, "opt": opt_state}
-        if old.get("has_best"):
-            like["best"] = net_state
-        tree, old = load_checkpoint(last, like)
-        net_state, opt_state, best_state = tree["net"], tree["opt"], tree.get("best")
-        step0, history, skipped = old["step"], old["history"], old.get("skipped", 0)
-        skipped_batches, epoch_losses = old.get("skipped_batches", []), old.get("epoch_losses", [])
-        best_score = -math.inf if old.get("best_score") is None else old["best_score"]
-        best_step, elapsed0, resumed_from = old.get("best_step"), old.get("elapsed_s", 0.0), step0
-        log(f"resumed from {last} at step {step0} of {total} (epoch {step0 / ipe:g} of {cfg.epochs})")
+    tx = make_optimizer(tx(plan.total) if scheduled else tx, cfg.clip_grad_norm)
+    graphdef, theta = nnx.split(net)
+    run = Run(cfg, plan, run_dir, basins, dict(meta or {}), log)
+    state = run.start(TrainState.create(theta, tx), scheduled)
     train_step = make_train_step(dpl, graphdef, tx, loss_fn, cfg)
-    arrays, net_state, opt_state = replicate((arrays, net_state, opt_state), cfg.devices)
+    arrays, state = replicate((arrays, state), cfg.devices)
     if cfg.devices > 1:
         log(f"training: each batch's {cfg.batch_basins} basins split over {cfg.devices} "
             f"{jax.devices()[0].platform} devices")
-    t0 = time.perf_counter()
-    last_save = t0
-
-    def checkpoint(step: int, path: Path | None = None) -> None:
-        tree = {"net": net_state, "opt": opt_state}
-        if best_state is not None:
-            tree["best"] = best_state
-        save_checkpoint(path or last, tree, {
-            "format": 1, "step": step, "epoch": step / ipe, "iters_per_epoch": ipe, "seed": cfg.seed,
-            "key_data": key_data,
-            "sampler": {"position": step, "rule": "batch of step k drawn with fold_in(key(seed), k)"},
-            "history": history, "epoch_losses": [float(x) for x in epoch_losses],
-            "skipped": skipped, "skipped_batches": skipped_batches,
-            "best_score": best_score if math.isfinite(best_score) else None, "best_step": best_step,
-            "has_best": best_state is not None, "elapsed_s": elapsed0 + time.perf_counter() - t0,
-            "config": asdict(cfg), "basins": [str(b) for b in basins] if basins is not None else None,
-            **meta})
-
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=step0, desc="train", mininterval=0.5, dynamic_ncols=True)
-    for step in range(step0, total):
-        net_state, opt_state, loss, ok, idx = train_step(net_state, opt_state, step, arrays, seed_key)
-        if not bool(ok):
-            msg = (f"step {step} (epoch {step // ipe + 1}): loss, gradient or update not finite "
-                   f"(loss={float(loss)}); batch basins: {names_of(idx)}")
-            if cfg.nan_policy == "halt":
-                # The guarded step left the parameters untouched: save them, so that nothing
-                # since the last checkpoint is lost.
-                if last is not None:
-                    checkpoint(step)
-                    msg += (f". The parameters before this step are saved in {last} (step {step}); "
-                            "to go on past such batches, resume with train.resume=true "
-                            "train.nan_policy=skip")
-                if bar is not None:
-                    bar.close()
-                raise NonFiniteLoss(msg)
-            skipped += 1
-            if len(skipped_batches) < MAX_SKIPPED_RECORDS:
-                skipped_batches.append({"step": step, "basins": names_of(idx), "loss": float(loss)})
-            log(msg + " -- step skipped, parameters unchanged")
-        epoch_losses.append(loss)
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-        done = step + 1
-        if done % ipe == 0:
-            epoch = done // ipe
-            ls = np.asarray(jnp.stack([jnp.asarray(x, jnp.float32) for x in epoch_losses]))
-            entry = {"epoch": epoch, "step": done,
-                     "loss": float(np.nanmean(ls)) if np.isfinite(ls).any() else None,
-                     "skipped": skipped - sum(h.get("skipped", 0) for h in history),
-                     "time": elapsed0 + time.perf_counter() - t0}
-            epoch_losses = []
-            if validate is not None and (epoch % cfg.valid_every == 0 or done == total):
-                score = float(validate(net_state))
-                entry["valid"] = score
-                if score > best_score:
-                    # A copy: the train step donates (and may overwrite) net_state's buffers.
-                    best_score, best_step = score, done
-                    best_state = jax.tree.map(jnp.copy, net_state)
-                    if ckpt_dir is not None:
-                        save_checkpoint(ckpt_dir / "best.npz", best_state, {"step": done, "score": score})
-            history.append(entry)
-            if last is not None and (epoch % cfg.checkpoint_every == 0 or done == total):
-                checkpoint(done)
-                last_save = time.perf_counter()
-            if bar is None:
-                log(json.dumps(entry))
-        elif last is not None and cfg.checkpoint_minutes is not None and \
-                time.perf_counter() - last_save >= 60.0 * cfg.checkpoint_minutes:
-            checkpoint(done)
-            last_save = time.perf_counter()
-    if bar is not None:
-        bar.close()
-    return TrainResult(net_state, opt_state, total, history, best_state,
-                       elapsed0 + time.perf_counter() - t0, skipped, skipped_batches, resumed_from)
+    run.clock()
+    with Progress(cfg.progress, plan.total, run.step0, log) as progress:
+        for step in range(run.step0, plan.total):
+            state, info = train_step(state, arrays, plan.seed_key)
+            run.after_step(step, state, info)
+            progress.step(step, info.loss)
+            entry = run.end_epoch(step + 1, state.theta, validate) if (step + 1) % plan.ipe == 0 else None
+            run.checkpoint_if_due(step + 1, state)
+            if entry is not None:
+                progress.epoch(entry)
+    return run.result(state)

@@ -35,13 +35,13 @@ def _fit(setup, devices, **kw):
 @needs_two
 def test_sharded_training_equals_one_device(setup):
     one, two = _fit(setup, 1), _fit(setup, 2)
-    l1, l2 = jax.tree.leaves(one.net_state), jax.tree.leaves(two.net_state)
+    l1, l2 = jax.tree.leaves(one.state.theta), jax.tree.leaves(two.state.theta)
     assert len(l1) == len(l2)
     for a, b in zip(l1, l2):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
     assert one.history[0]["loss"] == pytest.approx(two.history[0]["loss"], rel=1e-5)
     # the parameters really were spread over both devices
-    assert {d.id for leaf in jax.tree.leaves(two.net_state) for d in leaf.devices()} == {0, 1}
+    assert {d.id for leaf in jax.tree.leaves(two.state.theta) for d in leaf.devices()} == {0, 1}
 
 
 def test_batch_must_divide_over_devices():

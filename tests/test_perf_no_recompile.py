@@ -12,7 +12,7 @@ from dpljax.models import HBV
 from dpljax.models.routing import BOUNDS as RB
 from dpljax.nets import LSTM
 from dpljax.params import ParameterSpace
-from dpljax.train import TrainConfig, make_train_step
+from dpljax.train import TrainConfig, TrainState, make_train_step
 
 
 def test_train_step_does_not_recompile():
@@ -26,8 +26,8 @@ def test_train_step_does_not_recompile():
     space = ParameterSpace(HBV().bounds, nmul=2, dynamic=("beta",), routing_bounds=RB)
     net = LSTM(3, 4, space.n_outputs, hidden=8, dropout=0.5, rngs=nnx.Rngs(0))
     tx = optax.adam(1e-3)
-    graphdef, state = nnx.split(net)
-    opt_state = tx.init(state)
+    graphdef, theta = nnx.split(net)
+    state = TrainState.create(theta, tx)
     step = make_train_step(DPL(HBV(), space), graphdef, tx, RMSECombined(),
                            TrainConfig(batch_basins=4, window=20, warmup=10, progress=False))
     compiles = []
@@ -35,16 +35,23 @@ def test_train_step_does_not_recompile():
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         key = jax.random.key(0)
-        state, opt_state, loss, ok, _ = step(state, opt_state, 0, arrays, key)
-        jax.block_until_ready(loss)
+        state, info = step(state, arrays, key)
+        jax.block_until_ready(info.loss)
         first = len(compiles)
         losses = []
-        for i in range(1, 5):  # a Python int step, as fit() passes it
-            state, opt_state, loss, ok, _ = step(state, opt_state, i, arrays, key)
-            losses.append(float(loss))
+        for i in range(1, 5):  # the step counter advances inside the state
+            state, info = step(state, arrays, key)
+            losses.append(float(info.loss))
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert first >= 1
     assert len(compiles) == first, f"{len(compiles) - first} recompilation(s) after the first step"
     assert step._cache_size() == 1
-    assert np.all(np.isfinite(losses))
+    assert np.all(np.isfinite(losses)) and int(state.step) == 5
+    # The (theta, opt_state, step, ...) form benchmarks/throughput.py times is the same program.
+    copy = jax.tree.map(jnp.copy, state)
+    theta, opt_state, loss, ok, idx = step(copy.theta, copy.opt_state, 5, arrays, key)
+    new, info = step(state, arrays, key)
+    assert step._cache_size() == 1 and float(loss) == float(info.loss)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves((theta, opt_state, idx)),
+                                                   jax.tree.leaves((new.theta, new.opt_state, info.basin_idx))))

@@ -13,8 +13,8 @@ from conftest import small_config
 import dpljax.train as T
 from dpljax import build
 from dpljax.data import fit_normalizer, load, prepare
-from dpljax.train import (NonFiniteLoss, ResumeError, TrainConfig, fit, load_checkpoint, make_train_step,
-                          read_checkpoint_meta, save_checkpoint)
+from dpljax.checkpoint import load_checkpoint, load_training, read_checkpoint_meta, save_checkpoint
+from dpljax.train import NonFiniteLoss, ResumeError, TrainConfig, TrainState, fit, make_train_step
 
 BAD = 2  # index of the basin whose forcing is poisoned with NaN
 
@@ -56,27 +56,27 @@ def test_same_seed_same_parameters(setup):
     a = train(setup, tcfg(seed=4))
     b = train(setup, tcfg(seed=4))
     c = train(setup, tcfg(seed=5))
-    assert same(a.net_state, b.net_state) and same(a.opt_state, b.opt_state)
-    assert not same(a.net_state, c.net_state)
+    assert same(a.state, b.state) and not same(a.state.theta, c.state.theta)
 
 
 def test_nan_step_never_reaches_parameters_or_optimizer(setup):
     exp, arrays, _ = setup
     cfg = tcfg()
     net = exp.make_net(arrays.x_dynamic.shape[-1], arrays.x_static.shape[-1])
-    graphdef, state = nnx.split(net)
-    opt = exp.tx.init(state)
+    graphdef, theta = nnx.split(net)
+    state = TrainState.create(theta, exp.tx)
     step = make_train_step(exp.dpl, graphdef, exp.tx, exp.loss, cfg)
     bad_arrays, key = poisoned(arrays), jax.random.key(cfg.seed)
     seen = {True: 0, False: 0}
     for k in range(40):
-        before, opt_before = jax.tree.map(np.array, state), jax.tree.map(np.array, opt)
-        state, opt, loss, ok, idx = step(state, opt, k, bad_arrays, key)
-        ok = bool(ok)
+        before = jax.tree.map(np.array, state)
+        state, info = step(state, bad_arrays, key)
+        ok = bool(info.ok)
         seen[ok] += 1
-        assert (BAD in np.asarray(idx).tolist()) == (not ok)
-        assert same(state, before) == (not ok) and same(opt, opt_before) == (not ok)
-        assert all(np.isfinite(x).all() for x in leaves(state))
+        assert int(state.step) == k + 1  # a skipped batch still moves the sampler on
+        assert (BAD in np.asarray(info.basin_idx).tolist()) == (not ok)
+        assert same(state.theta, before.theta) == (not ok) and same(state.opt_state, before.opt_state) == (not ok)
+        assert all(np.isfinite(x).all() for x in leaves(state.theta))
     assert seen[True] and seen[False]
 
 
@@ -84,12 +84,12 @@ def test_non_finite_update_never_reaches_parameters(setup):
     """Finite loss and gradient, but an optimiser that turns them into NaN: still guarded."""
     exp, arrays, _ = setup
     net = exp.make_net(arrays.x_dynamic.shape[-1], arrays.x_static.shape[-1])
-    graphdef, state = nnx.split(net)
+    graphdef, theta = nnx.split(net)
     tx = optax.scale(np.nan)
-    before = jax.tree.map(np.array, state)
+    before = jax.tree.map(np.array, theta)
     step = make_train_step(exp.dpl, graphdef, tx, exp.loss, tcfg())
-    state, _, loss, ok, _ = step(state, tx.init(state), 0, arrays, jax.random.key(0))
-    assert np.isfinite(float(loss)) and not bool(ok) and same(state, before)
+    state, info = step(TrainState.create(theta, tx), arrays, jax.random.key(0))
+    assert np.isfinite(float(info.loss)) and not bool(info.ok) and same(state.theta, before)
 
 
 def test_nan_policy_skip_counts_and_names_basins(setup):
@@ -101,7 +101,7 @@ def test_nan_policy_skip_counts_and_names_basins(setup):
     skipped_logs = [l for l in logs if "step skipped" in l]
     assert len(skipped_logs) == r.skipped_steps and all(basins[BAD] in l for l in skipped_logs)
     assert sum(h["skipped"] for h in r.history) == r.skipped_steps
-    assert all(np.isfinite(x).all() for x in leaves(r.net_state))
+    assert all(np.isfinite(x).all() for x in leaves(r.state.theta))
 
 
 def test_nan_policy_halt_names_basins_saves_and_resumes(setup, tmp_path):
@@ -126,9 +126,8 @@ def test_gradient_clipping_bounds_the_update(setup):
         cfg = tcfg(clip_grad_norm=clip)
         tx = T.make_optimizer(optax.sgd(1.0), cfg.clip_grad_norm)
         step = make_train_step(exp.dpl, graphdef, tx, exp.loss, cfg)
-        s0 = jax.tree.map(jnp.array, state0)
-        s1, *_ = step(jax.tree.map(jnp.array, state0), tx.init(s0), 0, arrays, jax.random.key(0))
-        return float(optax.tree_utils.tree_norm(jax.tree.map(lambda a, b: a - b, s1, state0)))
+        s1, _ = step(TrainState.create(jax.tree.map(jnp.array, state0), tx), arrays, jax.random.key(0))
+        return float(optax.tree_utils.tree_norm(jax.tree.map(lambda a, b: a - b, s1.theta, state0)))
 
     assert update_norm(None) > 1e-3  # the test can fail: unclipped, the step is larger
     assert update_norm(1e-3) <= 1e-3 * (1 + 1e-4)
@@ -142,9 +141,10 @@ def test_checkpoint_holds_everything_a_resume_needs(setup, tmp_path):
     assert meta["sampler"]["position"] == 12
     assert meta["config"]["batch_basins"] == 3 and meta["normalizer"]["dynamic"]["prcp"] == [0.1, 0.2]
     assert [h["step"] for h in meta["history"]] == [6, 12]
-    tree, _ = load_checkpoint(tmp_path / "checkpoints" / "last.npz", {"net": r.net_state, "opt": r.opt_state})
-    assert same(tree["net"], r.net_state) and same(tree["opt"], r.opt_state)
-    counts = [x for x in leaves(tree["opt"]) if x.dtype == np.int32]
+    state, best, typed = load_training(tmp_path / "checkpoints" / "last.npz", r.state, r.state.theta)
+    assert same(state, r.state) and int(state.step) == 12 and best is None
+    assert typed.step == 12 and typed.record.history == r.history and typed.extra["normalizer"] == meta["normalizer"]
+    counts = [x for x in leaves(state.opt_state) if x.dtype == np.int32 and x.ndim == 0]
     assert counts and all(int(c) == 12 for c in counts)  # Adam's step count travels too
     with pytest.raises(ResumeError, match="train.seed was 3, now 4"):
         train(setup, tcfg(seed=4, resume=True), run_dir=tmp_path)
@@ -166,27 +166,27 @@ def test_crash_mid_epoch_then_resume_is_exact(setup, tmp_path, monkeypatch):
     # A deterministic stand-in for validation whose best epoch is not simply the last one.
     score = lambda s: float(np.sin(1e4 * sum(float(np.sum(x)) for x in leaves(s))))  # noqa: E731
     ref = train(setup, cfg, validate=score)
-    real_save, calls = T.save_checkpoint, []
+    real_save, calls = T.save_training, []
 
-    def dying_save(path, tree, meta):
-        if path.name == "last.npz" and len(calls) == 12:
+    def dying_save(path, state, best, meta):
+        if len(calls) == 12:
             raise KeyboardInterrupt("simulated crash")
-        real_save(path, tree, meta)
-        if path.name == "last.npz":
-            calls.append(meta["step"])
+        real_save(path, state, best, meta)
+        calls.append(meta.step)
 
-    monkeypatch.setattr(T, "save_checkpoint", dying_save)
+    monkeypatch.setattr(T, "save_training", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train(setup, cfg, run_dir=tmp_path, validate=score)
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    monkeypatch.setattr(T, "save_training", real_save)
+    assert calls == list(range(1, 13))
     assert read_checkpoint_meta(tmp_path / "checkpoints" / "last.npz")["step"] == 12
     r = train(setup, TrainConfig(**{**cfg.__dict__, "resume": True}), run_dir=tmp_path, validate=score)
     assert r.resumed_from == 12
-    assert same(r.net_state, ref.net_state) and same(r.opt_state, ref.opt_state)
+    assert same(r.state, ref.state)
     key = lambda h: (h["epoch"], h["step"], h["loss"], h["valid"])  # noqa: E731
     assert [key(h) for h in r.history] == [key(h) for h in ref.history] and len(r.history) == 3
     assert max(h["valid"] for h in ref.history) > ref.history[-1]["valid"]  # best is not the last
-    assert ref.best_state is not None and same(r.best_state, ref.best_state)
+    assert ref.best_theta is not None and same(r.best_theta, ref.best_theta)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

@@ -90,7 +90,7 @@ def test_training_follows_the_schedule(data):
     by_hand = lambda total: optax.sgd(make_schedule(spec, 1e-2, total))
     same = _fit(BASE, data, tcfg, tx=by_hand(8))
     other = _fit(BASE, data, tcfg, tx=by_hand(16))
-    leaves = lambda r: [np.asarray(x) for x in jax.tree.leaves(r.net_state)]
+    leaves = lambda r: [np.asarray(x) for x in jax.tree.leaves(r.state.theta)]
     assert all(np.array_equal(x, y) for x, y in zip(leaves(res), leaves(same)))
     assert not all(np.array_equal(x, y) for x, y in zip(leaves(res), leaves(other)))
 
