@@ -4,6 +4,7 @@ show progress, checkpoint between chunks and resume bit for bit.
 
 A method is registered in :data:`METHODS` and has
 
+- ``check(problem)``: raise ``ValueError`` for options that cannot work on this problem;
 - ``init(problem, data, keys) -> state``: ``data`` is a :class:`BasinData` with ``R`` rows
   (basins x seeds), ``keys`` ``(R,)`` PRNG keys; every leaf of ``state`` has ``R`` leading;
 - ``advance(problem, data, state) -> state``: one chunk (jit-compiled once);
@@ -58,13 +59,25 @@ class SCEUA:
     chunk_loops: int = 5
 
     def __post_init__(self):
-        if int(self.chunk_loops) < 1:
-            raise ValueError(f"chunk_loops must be >= 1, got {self.chunk_loops}")
+        for name, lo in (("max_evals", 1), ("n_complexes", 1), ("kstop", 1), ("chunk_loops", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        for name in ("pcento", "peps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 <= v < np.inf:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if self.random_in not in ("complex", "box"):
+            raise ValueError(f"random_in must be 'complex' or 'box', got {self.random_in!r}")
+
+    def check(self, problem) -> None:
+        """Eager checks of the box, the budget and the options, before anything is compiled."""
+        lo, hi = (np.asarray(v, np.float32) for v in (problem.lower, problem.upper))
+        _check_inputs(lo, hi, self.max_evals, self.n_complexes, 2 * problem.n + 1, 2 * problem.n + 1)
 
     def init(self, problem, data: BasinData, keys):
+        self.check(problem)
         lo, hi = (jnp.asarray(v, jnp.float32) for v in (problem.lower, problem.upper))
-        # Eager checks of the box, the budget and the options, before anything is compiled.
-        _check_inputs(lo, hi, self.max_evals, self.n_complexes, 2 * problem.n + 1, 2 * problem.n + 1)
         fun = _objective(problem)
 
         @jax.jit

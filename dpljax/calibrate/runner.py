@@ -36,7 +36,7 @@ import yaml
 
 from .. import evaluate as E
 from ..checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from ..config import ConfigError, check_options, lookup
+from ..config import ConfigError, check_options
 from ..data.dataset import fit_normalizer, load_with_report, prepare
 from ..data.normalize import Normalizer
 from ..experiment import SECTIONS, build, write_run_info
@@ -52,14 +52,17 @@ def build_method(cc: dict):
     if not isinstance(cc, dict):
         raise ConfigError(f"calibrate must be a mapping like {{method: sceua, max_evals: 10000}}, got {cc!r}")
     cc = dict(cc)
-    cls = lookup(METHODS, "calibrate.method", cc.pop("method", None))
+    name = cc.pop("method", None)
+    if name not in METHODS:
+        raise ConfigError(f"calibrate.method={name!r} is not a calibration method (choose from {sorted(METHODS)})")
+    cls = METHODS[name]
     seeds = cc.pop("seeds", 1)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"calibrate.seeds must be an integer >= 1, got {seeds!r}")
     check_options(cls, "calibrate", cc)
     try:
         return cls(**cc), seeds
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # the method's own checks name the option
         raise ConfigError(f"'calibrate' ({cls.__name__}): {e}") from e
 
 
@@ -126,6 +129,11 @@ def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
     config = copy.deepcopy(config)
     method, n_seeds = build_method(config.get("calibrate"))
     exp = build({k: config[k] for k in SECTIONS})
+    try:
+        problem = Problem(exp.dpl, exp.loss, exp.train.warmup)
+        method.check(problem)
+    except ValueError as e:
+        raise ConfigError(f"'calibrate': {e}") from e
     ckpt = run_dir / "checkpoints" / "calibration.npz"
     old = None
     if ckpt.exists():
@@ -151,7 +159,6 @@ def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
     if exp.train.warmup >= arrays.obs.shape[1]:
         raise ConfigError(f"train.warmup={exp.train.warmup} days leaves nothing of the training period "
                           f"({arrays.obs.shape[1]} days) to calibrate on")
-    problem = Problem(exp.dpl, exp.loss, exp.train.warmup)
     data = _rows(arrays, n_seeds)
     n_rows = len(basins) * n_seeds
     log(f"calibration: {type(method).__name__} on {len(basins)} basins x {n_seeds} seed(s), "
