@@ -166,7 +166,7 @@ class GradientCalibration:
                 bad = sorted({self.problem.names[j] for j in np.nonzero(~inside)[-1]})
                 raise ValueError(f"x0 must lie strictly inside the box; not so for {bad}")
             x0 = jnp.asarray(x0, self.dtype)
-        return _init(self._spec, key, x0, n_b, self.dtype)
+        return _init(self._spec._replace(window=None), key, x0, n_b, self.dtype)
 
     # ---------------------------------------------------------------- public
     def step_n(self, state: GradCalState, n: int) -> GradCalState:
@@ -179,7 +179,8 @@ class GradientCalibration:
 
     def result(self, state: GradCalState) -> GradCalResult:
         """Evaluate the final points (full span), keep per basin the best restart."""
-        raw, losses = _final(self._spec, state, self.forcing, self.obs, self.obs_std)
+        raw, losses = _final(self.problem, self.restarts, state, self.forcing, self.obs,
+                             self.obs_std)
         xs = np.asarray(self.problem.from_raw(raw))
         losses = np.asarray(losses)
         restart = np.argmin(losses, axis=0)
@@ -279,16 +280,15 @@ def _run(spec: _Spec, st: GradCalState, n, forcing, obs, obs_std) -> GradCalStat
     return jax.lax.fori_loop(0, n, lambda _, s: _step(spec, s, forcing, obs, obs_std), st)
 
 
-@partial(jax.jit, static_argnums=0)
-def _final(spec: _Spec, st: GradCalState, forcing, obs, obs_std):
-    """The final points' full-span losses, merged with the best points seen."""
+@partial(jax.jit, static_argnums=(0, 1))
+def _final(problem: Problem, restarts: int, st: GradCalState, forcing, obs, obs_std):
+    """The final points' full-span losses, merged with the best points seen (windowed runs
+    never record one: their best loss stays inf, so the final point is taken when finite)."""
+    spec = _Spec(problem, None, restarts, 0, None, 0.0)
     forcing = {name: _tile(spec, v) for name, v in forcing.items()}
     loss = _losses(spec, st.raw, forcing, _tile(spec, obs), _tile(spec, obs_std))
-    loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
-    if spec.window is None:
-        better = loss < st.best_loss
-        return jnp.where(better[..., None], st.raw, st.best_raw), jnp.where(better, loss, st.best_loss)
-    return st.raw, loss
+    better = jnp.isfinite(loss) & (loss < st.best_loss)
+    return jnp.where(better[..., None], st.raw, st.best_raw), jnp.where(better, loss, st.best_loss)
 
 
 def gradient_calibrate(problem: Problem, forcing: Mapping[str, Any], obs, obs_std, *, key,
