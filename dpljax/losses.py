@@ -27,9 +27,10 @@ def _masked(pred, obs):
 
 
 def _safe_sqrt(x, eps=1e-12):
-    """sqrt with a finite gradient at 0."""
+    """sqrt with a finite gradient at 0; NaN stays NaN (a NaN simulation must never score 0,
+    the best possible loss)."""
     safe = x > eps
-    return jnp.where(safe, jnp.sqrt(jnp.where(safe, x, 1.0)), 0.0)
+    return jnp.where(safe, jnp.sqrt(jnp.where(safe, x, 1.0)), jnp.where(jnp.isnan(x), jnp.nan, 0.0))
 
 
 def masked_rmse(pred, obs, axis=None):

@@ -92,3 +92,23 @@ def test_per_basin_loss_is_each_basin_alone(name):
     # a basin's loss has gradient in its own predictions only
     g = jax.grad(lambda p: loss.per_basin(p, jnp.asarray(obs), jnp.asarray(std))[2])(jnp.asarray(pred))
     assert np.all(np.asarray(g)[[0, 1, 3]] == 0) and np.any(np.asarray(g)[2] != 0)
+
+
+@pytest.mark.parametrize("name", ["rmse_combined", "nse_batch"])
+def test_a_nan_simulation_never_scores_as_a_perfect_fit(name):
+    """A NaN prediction where an observation exists makes the loss NaN (so training skips the
+    step and calibration ranks the point last), never 0, the best possible loss."""
+    import jax.numpy as jnp
+
+    from dpljax.losses import LOSSES
+
+    loss = LOSSES[name]()
+    pred = jnp.array([[1.0, jnp.nan, 2.0], [1.0, 1.0, 1.0]])
+    obs = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    std = jnp.array([1.0, 1.0])
+    per = loss.per_basin(pred, obs, std)
+    assert np.isnan(float(per[0])) and float(per[1]) == 0.0
+    assert np.isnan(float(loss(pred, obs, std)))
+    # A NaN prediction on a day without observation is masked as before.
+    obs_gap = jnp.array([[1.0, jnp.nan, 2.0], [1.0, 1.0, 1.0]])
+    assert np.isfinite(float(loss.per_basin(pred, obs_gap, std)[0]))
