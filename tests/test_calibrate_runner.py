@@ -143,3 +143,40 @@ def test_reversed_bounds_and_time_varying_parameters_are_refused(tmp_path):
     c["net"] = {"name": "lstm", "hidden": 8}
     with pytest.raises(ConfigError, match="one value per parameter"):
         run_calibration(c, tmp_path / "b2", log=lambda *a: None)
+
+
+def test_gradient_method_runs_resumes_and_reevaluates(tmp_path, monkeypatch):
+    from dpljax.calibrate.methods import Gradient
+
+    def config():
+        c = _config()
+        c["calibrate"] = {"method": "gradient", "restarts": 2, "steps": 30, "learning_rate": 0.1,
+                          "chunk_steps": 10}
+        return c
+
+    full = run_calibration(config(), tmp_path / "full", log=lambda *a: None)
+    cal = xr.open_zarr(tmp_path / "full" / "calibration.zarr")
+    assert np.all(cal["n_evals"].values == 2 * 30 + 2)  # forward + backward passes, and the final ones
+    assert set(np.unique(cal["restart_by_seed"].values)) <= {0, 1}
+    np.testing.assert_allclose(cal["objective"].values,
+                               np.minimum(cal["loss_restart_0_by_seed"].values[0], cal["loss_restart_1_by_seed"].values[0]))
+    again = evaluate_calibration(tmp_path / "full", log=lambda *a: None)
+    assert float(np.nanmedian(again["nse"])) == pytest.approx(full["median_nse"], abs=1e-5)
+    # Interrupted after the first chunk, then resumed: the same parameters bit for bit.
+    advance, calls = Gradient.advance, {"n": 0}
+
+    def interrupted(self, problem, data, state):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return advance(self, problem, data, state)
+
+    monkeypatch.setattr(Gradient, "advance", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_calibration(config(), tmp_path / "cut", log=lambda *a: None)
+    monkeypatch.setattr(Gradient, "advance", advance)
+    c = config()
+    c["train"]["resume"] = True
+    run_calibration(c, tmp_path / "cut", log=lambda *a: None)
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cut" / "calibration.zarr")["params"].values,
+                                  cal["params"].values)

@@ -8,7 +8,8 @@ A method is registered in :data:`METHODS` and has
 - ``init(problem, data, keys) -> state``: ``data`` is a :class:`BasinData` with ``R`` rows
   (basins x seeds), ``keys`` ``(R,)`` PRNG keys; every leaf of ``state`` has ``R`` leading;
 - ``advance(problem, data, state) -> state``: one chunk (jit-compiled once);
-- ``done(state) -> (R,) bool``, ``fraction(state) -> float`` (of the work, for progress);
+- ``done(state) -> (R,) bool``, ``fraction(state) -> float`` (of the work) and
+  ``status(state) -> str`` (for progress);
 - ``best(state) -> (x (R, n) physical, objective (R,), n_evals (R,))`` and
   ``report(state) -> {name: (R,) array}`` (what else is worth keeping per row).
 """
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..registry import Registry
+from .gradient import GradientCalibration
 from .sce_ua import _check_inputs, init as sce_init, run as sce_run, stop_reason
 
 METHODS: Registry = Registry("calibration method")
@@ -104,6 +106,10 @@ class SCEUA:
         ev = np.asarray(state.n_evals, np.float64)
         return float(np.mean(np.where(self.done(state), 1.0, np.minimum(ev / self.max_evals, 1.0))))
 
+    def status(self, state) -> str:
+        return f"median loss {np.median(np.asarray(state.f[:, 0])):.4f}, " \
+               f"{int(np.mean(np.asarray(state.n_evals)))} evals/basin"
+
     def best(self, state):
         return np.asarray(state.x[:, 0]), np.asarray(state.f[:, 0]), np.asarray(state.n_evals)
 
@@ -111,3 +117,63 @@ class SCEUA:
         return {"n_loops": np.asarray(state.loop), "n_nonfinite": np.asarray(state.n_nonfinite),
                 "n_computed": np.asarray(state.n_computed), "gnrng": np.asarray(state.gnrng),
                 "stop": np.asarray([stop_reason(int(c)) for c in np.asarray(state.stop)])}
+
+
+@METHODS.register("gradient")
+@dataclass(eq=False)
+class Gradient:
+    """Gradient calibration per basin (:mod:`dpljax.calibrate.gradient`): ``restarts`` random
+    starts per basin and seed, ``steps`` Adam steps at ``learning_rate`` on free raw values
+    through dPL's sigmoid bounds, each on the whole training span; ``chunk_steps`` steps per
+    chunk. A row's starting points are drawn from its own key (its basin id and seed), so its
+    result does not depend on the other basins. ``n_evals`` counts forward + backward passes."""
+
+    restarts: int = 4
+    steps: int = 300
+    learning_rate: float = 0.1
+    chunk_steps: int = 25
+
+    def __post_init__(self):
+        for name in ("restarts", "steps", "chunk_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        v = self.learning_rate
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 < v < np.inf:
+            raise ValueError(f"learning_rate must be a number > 0, got {v!r}")
+        self._cal = None
+
+    def check(self, problem) -> None:
+        pass  # every option is checked in __post_init__; the box by Problem
+
+    def init(self, problem, data: BasinData, keys):
+        self._cal = GradientCalibration(problem, data.forcing, data.obs, data.obs_std,
+                                        restarts=self.restarts, steps=self.steps,
+                                        learning_rate=float(self.learning_rate))
+        lo, hi = problem.lower, problem.upper
+        margin = 0.01 * (hi - lo)
+        u = np.stack([np.asarray(jax.random.uniform(k, (self.restarts, problem.n), jnp.float32)) for k in keys], 1)
+        x0 = (lo + margin) + u * ((hi - margin) - (lo + margin))  # (K, R, n), strictly inside
+        return self._cal.init(jax.random.key(0), x0=np.clip(x0, np.nextafter(lo, hi), np.nextafter(hi, lo)))
+
+    def advance(self, problem, data: BasinData, state):
+        return self._cal.step_n(state, self.chunk_steps)
+
+    def done(self, state) -> np.ndarray:
+        return np.full(self._cal.n_basins, int(state.step) >= self.steps)
+
+    def fraction(self, state) -> float:
+        return int(state.step) / self.steps
+
+    def status(self, state) -> str:
+        best = np.min(np.asarray(state.best_loss), axis=0)
+        return f"step {int(state.step)}/{self.steps}, median loss {np.median(best):.4f}"
+
+    def best(self, state):
+        r = self._cal.result(state)
+        return r.x, r.loss, np.full(self._cal.n_basins, r.n_evals + r.n_forward)
+
+    def report(self, state) -> dict:
+        r = self._cal.result(state)
+        return {"restart": r.restart, "n_nonfinite": r.n_nonfinite.sum(0),
+                **{f"loss_restart_{k}": r.losses[k] for k in range(self.restarts)}}

@@ -181,9 +181,7 @@ def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
         while not method.done(state).all():
             state = method.advance(problem, data, state)
             chunk += 1
-            _, f, ev = method.best(state)
-            bar.update(method.fraction(state), f"median loss {np.median(f):.4f}, "
-                       f"{int(np.mean(ev))} evals/basin", log)
+            bar.update(method.fraction(state), method.status(state), log)
             if time.monotonic() - last_save > every:
                 _save_state(ckpt, state, meta())
                 last_save = time.monotonic()
