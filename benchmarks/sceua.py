@@ -1,0 +1,448 @@
+"""SCE-UA: dpljax.calibrate.sce_ua against spotpy's sceua (issue 12).
+
+    python -m benchmarks.sceua functions [--seeds 50]     # Duan's test functions
+    python -m benchmarks.sceua hbv [--seeds 5 --budget 10000 --complexes 10]
+    python -m benchmarks.sceua speed [--basins 531 --loops 3]
+    python -m benchmarks.sceua full [--basins 531 --budget 10000]   # one whole calibration
+
+Each writes ``benchmarks/results/sceua_<what>.json`` with the machine probe
+(``benchmarks.throughput._probe``), versions, commit and load averages.
+
+Evaluation counts are *true* model runs on both sides: spotpy's ``repetitions`` also counts
+each point it keeps at the end of a CCE step (posted again without a model run), so with
+``repetitions = budget`` it makes only about two thirds of ``budget`` model runs. Its model is
+therefore wrapped with a counter that stops spotpy after exactly ``budget`` runs (spotpy is
+given ``repetitions = 2 * budget``, which it cannot reach first), and spotpy's result is the
+best value among those runs (SCE never loses its best point, so this is its best-so-far).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+WARM = 365
+TRAIN = ("1998-10-01", "2008-09-30")  # 365-day warm-up, then WY2000-2008
+
+
+# ---------------------------------------------------------------- common
+
+def _meta(probe: bool = True) -> dict:
+    from benchmarks import throughput as tp
+
+    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
+            "git_commit": tp._git_commit(), "machine": tp._machine(),
+            "versions": {**tp._versions(), **{p: tp._version(p) for p in ("spotpy", "numba")}},
+            "load_average_start": os.getloadavg()}
+    if probe:
+        meta["probe"] = tp._probe({})
+    return meta
+
+
+def _write(name: str, doc: dict) -> Path:
+    doc["load_average_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"sceua_{name}.json"
+    out.write_text(json.dumps(doc, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    print("wrote", out)
+    return out
+
+
+class _BudgetSpent(Exception):
+    pass
+
+
+class _Counted:
+    """A model wrapped with a run counter; it records the best value among its first
+    ``budget`` runs and stops the optimiser (an exception) when it asks for one more."""
+
+    def __init__(self, fn, budget):
+        self.fn, self.budget, self.n, self.best_at_budget, self.best = fn, budget, 0, np.inf, np.inf
+
+    def __call__(self, x):
+        if self.n >= self.budget:
+            raise _BudgetSpent
+        v = float(self.fn(x))
+        self.n += 1
+        v_ = v if np.isfinite(v) else np.inf
+        self.best = min(self.best, v_)
+        if self.n <= self.budget:
+            self.best_at_budget = min(self.best_at_budget, v_)
+        return v
+
+
+def spotpy_sceua(fn, lower, upper, *, seed, budget, ngs, kstop, pcento, peps):
+    """spotpy's sceua on ``fn(x) -> float``; returns (best within budget runs, runs, wall s)."""
+    import spotpy
+
+    counted = _Counted(fn, budget)
+
+    class Setup:
+        def __init__(self):
+            self.params = [spotpy.parameter.Uniform(f"x{i}", float(lo), float(hi))
+                           for i, (lo, hi) in enumerate(zip(lower, upper))]
+
+        def parameters(self):
+            return spotpy.parameter.generate(self.params)
+
+        def simulation(self, x):
+            return [counted(np.asarray(x, dtype=float))]
+
+        def evaluation(self):
+            return [0.0]
+
+        def objectivefunction(self, simulation, evaluation, params=None):
+            return simulation[0]
+
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        sampler = spotpy.algorithms.sceua(Setup(), dbformat="ram", save_sim=False,
+                                          random_state=int(seed))
+        try:
+            sampler.sample(2 * int(budget), ngs=int(ngs), kstop=int(kstop), pcento=float(pcento),
+                           peps=float(peps))
+        except _BudgetSpent:
+            pass
+    return counted.best_at_budget, counted.n, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- 1. test functions
+
+def bench_functions(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.sceua_problems import PROBLEMS
+    from dpljax.calibrate import sce_ua
+
+    settings = {"goldstein_price": (2, 2000), "rosenbrock": (2, 2000), "six_hump_camel": (2, 2000),
+                "hartman6": (4, 5000), "shekel5": (8, 5000), "shekel7": (8, 5000), "shekel10": (8, 5000)}
+    rules = dict(kstop=10, pcento=0.1, peps=1e-3)  # Duan's defaults, the same on both sides
+    doc = {"what": "success rate on Duan et al. (1992)'s test functions, dpljax sce_ua vs spotpy "
+                   "sceua, same complexes, budget (true model runs) and stopping rules",
+           "seeds": args.seeds, "rules": rules,
+           "success": "|f - f*| <= 1e-3 max(1, |f*|)", **_meta(probe=False), "problems": {}}
+    for name, pr in PROBLEMS.items():
+        if args.only and name not in args.only:
+            continue
+        p, budget = settings[name]
+        lo, hi = jnp.array(pr.lower), jnp.array(pr.upper)
+        row = {"n": len(pr.lower), "complexes": p, "budget": budget, "fmin": pr.fmin}
+        for variant in ("complex", "box"):
+            solve = jax.jit(jax.vmap(lambda k: sce_ua(pr.jax(), lo, hi, key=k, max_evals=budget,
+                                                      n_complexes=p, random_in=variant, **rules)))
+            r = solve(jax.random.split(jax.random.key(2024), args.seeds))
+            f = np.asarray(r.fun, dtype=float)
+            row[f"dpljax_{variant}"] = {
+                "success_rate": float(pr.solved(f).mean()), "median_f": float(np.median(f)),
+                "median_evals": float(np.median(r.n_evals)),
+                "waste": float(1 - np.sum(r.n_evals) / np.sum(r.n_computed))}
+        fs, ns, ws = [], [], []
+        for seed in range(args.seeds):
+            b, n, w = spotpy_sceua(pr.numpy(), pr.lower, pr.upper, seed=seed + 1, budget=budget,
+                                   ngs=p, **rules)
+            fs.append(b), ns.append(n), ws.append(w)
+        fs = np.array(fs)
+        row["spotpy"] = {"success_rate": float(pr.solved(fs).mean()), "median_f": float(np.median(fs)),
+                         "median_model_runs": float(np.median(ns)),
+                         "median_model_runs_capped_at_budget": float(np.median(np.minimum(ns, budget))),
+                         "median_wall_s": float(np.median(ws))}
+        print(name, json.dumps(row), flush=True)
+        doc["problems"][name] = row
+    return doc
+
+
+# ---------------------------------------------------------------- 2. HBV on the sample
+
+def hbv_data(basins=None, replicate_to=None):
+    """(prcp, tmean, pet, obs) ``(B, T)`` float32 for warm-up + WY2000-2008, basin ids."""
+    import xarray as xr
+
+    if basins == "531":
+        ds = xr.open_zarr("/work/shared/data/camels_us.zarr")
+        ids = ds.basin.values[ds["in_531"].values.astype(bool)]
+        ds = ds[["prcp", "tmax", "tmin", "pet", "streamflow"]].sel(basin=ids)
+    else:
+        from dpljax.data import load_sample
+
+        ds = load_sample()
+    ds = ds.sel(time=slice(*TRAIN)).load()
+    prcp = ds["prcp"].values.astype(np.float32)
+    tmean = (0.5 * (ds["tmax"] + ds["tmin"])).values.astype(np.float32)
+    pet = ds["pet"].values.astype(np.float32)
+    obs = ds["streamflow"].values.astype(np.float32)
+    ids = [str(b) for b in ds.basin.values]
+    if replicate_to:
+        idx = np.arange(replicate_to) % len(ids)
+        prcp, tmean, pet, obs = prcp[idx], tmean[idx], pet[idx], obs[idx]
+        ids = [ids[i] for i in idx]
+    assert prcp.shape[1] == WARM + 3288, prcp.shape
+    return (prcp, tmean, pet, obs), ids
+
+
+def dpljax_objective():
+    """``(obj(data, x), simulate(data, x), lower, upper, names)``: the library's own chain, ``DPL.of(HBV(),
+    nmul=1)`` (the generic simulator + gamma routing) on physical parameters ``x (15,)`` (13
+    HBV + 2 routing, bounds of the parameter space), scored by the default training loss
+    (``rmse_combined``) after the warm-up."""
+    import jax.numpy as jnp
+
+    from dpljax import DPL, HBV
+    from dpljax.losses import RMSECombined
+
+    # Forward only: the plain scan (adjoint="autodiff") is what a calibration runs; the
+    # model's hand-written adjoint only pays off under differentiation (measured: its forward
+    # pass alone was ~1.8x slower here).
+    dpl = DPL.of(HBV(adjoint="autodiff"), nmul=1)
+    names, rnames = list(dpl.space.bounds), list(dpl.space.routing_bounds)
+    bounds = {**dpl.space.bounds, **dpl.space.routing_bounds}
+    lower = np.array([bounds[n][0] for n in names + rnames], np.float32)
+    upper = np.array([bounds[n][1] for n in names + rnames], np.float32)
+    loss = RMSECombined()
+
+    def simulate(data, x):
+        prcp, tmean, pet = data[:3]
+        params = {n: x[i].reshape(1, 1) for i, n in enumerate(names)}
+        rp = {n: x[len(names) + j].reshape(1) for j, n in enumerate(rnames)}
+        res = dpl.chain(params, rp, {"prcp": prcp[None], "tmean": tmean[None], "pet": pet[None]})
+        return res.q[0]
+
+    def obj(data, x):
+        return loss(simulate(data, x)[WARM:], data[3][WARM:])
+
+    return obj, simulate, jnp.asarray(lower), jnp.asarray(upper), names + rnames
+
+
+def check_equations(data, n_sets: int = 20) -> dict:
+    """dpljax's chain vs the numba and NumPy HBVs, random parameter sets on every basin."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import sceua_hbv as ref
+
+    obj, simulate, lo, hi = dpljax_objective()[:4]
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    rng = np.random.default_rng(0)
+    xs = lo + rng.random((n_sets, lo.shape[0])).astype(np.float32) * (hi - lo)
+    sim = jax.jit(jax.vmap(simulate, in_axes=(None, 0)))
+    objv = jax.jit(jax.vmap(obj, in_axes=(None, 0)))
+    worst = {"q_max_abs": 0.0, "q_max_rel": 0.0, "loss_max_abs": 0.0, "numpy_vs_numba_q_max_abs": 0.0}
+    for b in range(data[0].shape[0]):
+        d = tuple(jnp.asarray(a[b]) for a in data)
+        q_j = np.asarray(sim(d, jnp.asarray(xs)), np.float64)
+        l_j = np.asarray(objv(d, jnp.asarray(xs)), np.float64)
+        d64 = tuple(np.asarray(a[b], np.float64) for a in data)
+        for i, x in enumerate(xs):
+            q_n = ref.simulate_numba(x.astype(np.float64), *d64[:3])
+            l_n = ref.objective_numba(x.astype(np.float64), *d64, WARM)
+            worst["q_max_abs"] = max(worst["q_max_abs"], float(np.max(np.abs(q_n - q_j[i]))))
+            worst["q_max_rel"] = max(worst["q_max_rel"], float(np.max(np.abs(q_n - q_j[i]) / (np.abs(q_n) + 1e-3))))
+            worst["loss_max_abs"] = max(worst["loss_max_abs"], abs(l_n - l_j[i]))
+            if b == 0 and i < 2:
+                q_p = ref.simulate_python(x.astype(np.float64), *d64[:3])
+                worst["numpy_vs_numba_q_max_abs"] = max(worst["numpy_vs_numba_q_max_abs"],
+                                                        float(np.max(np.abs(q_p - q_n))))
+    worst["n_sets_per_basin"] = n_sets
+    # dpljax runs in float32, the references in float64: relative agreement ~1e-5 expected
+    ok = (worst["q_max_rel"] < 1e-4 and worst["loss_max_abs"] < 1e-5
+          and worst["numpy_vs_numba_q_max_abs"] < 1e-4)
+    worst["passed"] = bool(ok)
+    print("equations check", worst, flush=True)
+    if not ok:
+        raise SystemExit("the benchmark's HBVs disagree with dpljax's: not timing them")
+    return worst
+
+
+def bench_hbv(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import sceua_hbv as ref
+    from dpljax.calibrate import sce_ua
+
+    data, ids = hbv_data()
+    doc = {"what": "HBV (nmul=1, 13 + 2 routing parameters) calibrated on the 8 sample basins, "
+                   "WY2000-2008 after a 365-day warm-up, objective = rmse_combined (the default "
+                   "training loss); dpljax sce_ua (all basins x seeds vmapped in one program) vs "
+                   "spotpy sceua + numba HBV, same complexes, budget in true model runs, other "
+                   "stopping rules off on both sides",
+           "budget": args.budget, "complexes": args.complexes, "seeds": args.seeds, "basins": ids,
+           **_meta(probe=False)}
+    doc["equations_check"] = check_equations(data)
+    obj, _, lo, hi, names = dpljax_objective()
+    doc["parameters"] = names
+    B, S = len(ids), args.seeds
+    rules = dict(pcento=0.0, peps=0.0)
+    solve = jax.jit(jax.vmap(lambda d, k: sce_ua(partial(obj, d), lo, hi, key=k, max_evals=args.budget,
+                                                 n_complexes=args.complexes, **rules)))
+    dd = tuple(jnp.asarray(np.repeat(a, S, axis=0)) for a in data)
+    keys = jax.random.split(jax.random.key(12), B * S)
+    t0 = time.perf_counter()
+    r = jax.block_until_ready(solve(dd, keys))
+    wall = time.perf_counter() - t0
+    f = np.asarray(r.fun, float).reshape(B, S)
+    ev = np.asarray(r.n_evals).reshape(B, S)
+    rounds = np.asarray(r.state.loop_rounds)  # (B*S, L)
+    batched = (int(rounds.max(axis=0).sum()) * args.complexes + r.state.x.shape[1]) * B * S
+    doc["dpljax"] = {"final_objective": f.tolist(), "median": np.median(f, axis=1).tolist(),
+                     "n_evals": ev.tolist(), "wall_s_incl_compile": wall,
+                     "waste_unbatched": float(1 - np.sum(r.n_evals) / np.sum(r.n_computed)),
+                     "waste_batched": float(1 - np.sum(r.n_evals) / batched),
+                     "x_best": np.asarray(r.x).reshape(B, S, -1).tolist()}
+    print("dpljax done", wall, np.median(f, axis=1), flush=True)
+    fs, ns, ws = np.zeros((B, S)), np.zeros((B, S)), np.zeros((B, S))
+    for b in range(B):
+        d64 = tuple(np.asarray(a[b], np.float64) for a in data)
+        fn = lambda x, d64=d64: ref.objective_numba(x, *d64, WARM)
+        for s in range(S):
+            fs[b, s], ns[b, s], ws[b, s] = spotpy_sceua(
+                fn, np.asarray(lo), np.asarray(hi), seed=s + 1, budget=args.budget,
+                ngs=args.complexes, kstop=10**9, pcento=0.0, peps=0.0)
+        print("spotpy", ids[b], np.median(fs[b]), np.median(ns[b]), flush=True)
+    doc["spotpy_numba"] = {"final_objective_within_budget": fs.tolist(),
+                           "median": np.median(fs, axis=1).tolist(), "model_runs": ns.tolist(),
+                           "wall_s": ws.tolist()}
+    med_d, med_s = np.median(f, axis=1), np.median(fs, axis=1)
+    doc["summary"] = {"basins_dpljax_at_least_as_good": int(np.sum(med_d <= med_s + 1e-6)),
+                      "median_over_basins_dpljax": float(np.median(med_d)),
+                      "median_over_basins_spotpy": float(np.median(med_s))}
+    print(doc["summary"], flush=True)
+    return doc
+
+
+# ---------------------------------------------------------------- 3. speed
+
+def bench_speed(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import sceua_hbv as ref
+    from dpljax.calibrate import init, run
+
+    replicate = None if args.basins == 531 and not args.replicate else args.basins
+    data, ids = hbv_data("531" if replicate is None else None, replicate_to=replicate)
+    B, p = len(ids), args.complexes
+    obj, _, lo, hi, _ = dpljax_objective()
+    doc = {"what": "model evaluations per second of SCE-UA on HBV (nmul=1, 3653 days = warm-up + "
+                   "WY2000-2008): dpljax with every basin's population in one vmapped program vs "
+                   "spotpy basin by basin (numba HBV; plain NumPy HBV)",
+           "basins": B, "source": "camels_us.zarr in_531" if replicate is None else f"sample replicated to {B}",
+           "days": int(data[0].shape[1]), "complexes": p, **_meta(probe=True)}
+    dd = tuple(jnp.asarray(a) for a in data)
+    keys = jax.random.split(jax.random.key(0), B)
+    t0 = time.perf_counter()
+    st = jax.jit(jax.vmap(lambda d, k: init(partial(obj, d), lo, hi, key=k, max_evals=args.budget,
+                                            n_complexes=p, pcento=0.0, peps=0.0)))(dd, keys)
+    jax.block_until_ready(st)
+    t_init = time.perf_counter() - t0
+    step = jax.jit(jax.vmap(lambda d, s, n: run(s, partial(obj, d), n), in_axes=(0, 0, None)))
+    t0 = time.perf_counter()
+    st = jax.block_until_ready(step(dd, st, 1))
+    t_first = time.perf_counter() - t0
+    e0, c0, r0 = int(np.sum(st.n_evals)), int(np.sum(st.n_computed)), np.asarray(st.loop_rounds).copy()
+    t0 = time.perf_counter()
+    st = jax.block_until_ready(step(dd, st, args.loops))
+    wall = time.perf_counter() - t0
+    e1, c1 = int(np.sum(st.n_evals)), int(np.sum(st.n_computed))
+    rounds = np.asarray(st.loop_rounds) - r0
+    batched_rounds = int(rounds.max(axis=0).sum())
+    dp = {"init_s_incl_compile": t_init, "first_loop_s_incl_compile": t_first,
+          "timed_loops": args.loops, "timed_wall_s": wall, "evals": e1 - e0,
+          "evals_per_s": (e1 - e0) / wall, "computed_unbatched": c1 - c0,
+          "computed_batched": batched_rounds * p * B,
+          "waste_unbatched": 1 - (e1 - e0) / (c1 - c0),
+          "waste_batched": 1 - (e1 - e0) / (batched_rounds * p * B)}
+    doc["dpljax"] = dp
+    print("dpljax", dp, flush=True)
+    # spotpy, one basin after another (here: the first few basins, rate per model run)
+    lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    d64 = tuple(np.asarray(a[0], np.float64) for a in data)
+    fn = lambda x: ref.objective_numba(x, *d64, WARM)
+    fn(lo64)  # compile
+    xs = lo64 + np.random.default_rng(0).random((200, lo64.size)) * (hi64 - lo64)
+    t0 = time.perf_counter()
+    for x in xs:
+        fn(x)
+    bare = len(xs) / (time.perf_counter() - t0)
+    _, n, w = spotpy_sceua(fn, lo64, hi64, seed=1, budget=args.spotpy_budget, ngs=p,
+                           kstop=10**9, pcento=0.0, peps=0.0)
+    doc["spotpy_numba"] = {"model_runs": n, "wall_s": w, "evals_per_s": n / w,
+                           "bare_model_evals_per_s": bare}
+    fnp = lambda x: ref.objective_python(x, *d64, WARM)
+    _, n2, w2 = spotpy_sceua(fnp, lo64, hi64, seed=1, budget=args.numpy_budget, ngs=2,
+                             kstop=10**9, pcento=0.0, peps=0.0)
+    doc["spotpy_numpy"] = {"model_runs": n2, "wall_s": w2, "evals_per_s": n2 / w2, "complexes": 2}
+    doc["ratios"] = {"vs_numba": dp["evals_per_s"] / (n / w), "vs_numpy": dp["evals_per_s"] / (n2 / w2),
+                     "vs_bare_numba_model": dp["evals_per_s"] / bare}
+    print(doc["ratios"], doc["spotpy_numba"], doc["spotpy_numpy"], flush=True)
+    return doc
+
+
+def bench_full(args) -> dict:
+    """One whole calibration of every basin at once, in chunks of loops (as a runner would
+    checkpoint), wall time end to end."""
+    import jax
+    import jax.numpy as jnp
+
+    from dpljax.calibrate import init, run
+
+    data, ids = hbv_data("531" if args.basins == 531 else None,
+                         replicate_to=None if args.basins == 531 else args.basins)
+    B, p = len(ids), args.complexes
+    obj, _, lo, hi, _ = dpljax_objective()
+    doc = {"what": f"SCE-UA calibration of {B} basins at once, budget {args.budget}, HBV nmul=1, "
+                   "rmse_combined on WY2000-2008 after a 365-day warm-up", "basins": B,
+           "budget": args.budget, "complexes": p, **_meta(probe=False)}
+    t0 = time.perf_counter()
+    dd = tuple(jnp.asarray(a) for a in data)
+    st = jax.jit(jax.vmap(lambda d, k: init(partial(obj, d), lo, hi, key=k, max_evals=args.budget,
+                                            n_complexes=p, pcento=0.0, peps=0.0)))(
+        dd, jax.random.split(jax.random.key(0), B))
+    step = jax.jit(jax.vmap(lambda d, s, n: run(s, partial(obj, d), n), in_axes=(0, 0, None)))
+    chunks = []
+    while not bool(np.all(np.asarray(st.stop) != 0)):
+        st = jax.block_until_ready(step(dd, st, args.loops))
+        chunks.append((time.perf_counter() - t0, int(np.sum(st.n_evals))))
+        print(chunks[-1], flush=True)
+    wall = time.perf_counter() - t0
+    doc.update(wall_s=wall, evals=int(np.sum(st.n_evals)), evals_per_s=int(np.sum(st.n_evals)) / wall,
+               median_objective=float(np.median(st.f[:, 0])), chunks=chunks,
+               waste_unbatched=float(1 - np.sum(st.n_evals) / np.sum(st.n_computed)))
+    return doc
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["functions", "hbv", "speed", "full"])
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--budget", type=int, default=10_000)
+    ap.add_argument("--complexes", type=int, default=10)
+    ap.add_argument("--basins", type=int, default=531)
+    ap.add_argument("--replicate", action="store_true", help="replicate the sample instead of reading the store")
+    ap.add_argument("--loops", type=int, default=3)
+    ap.add_argument("--spotpy-budget", type=int, default=3000)
+    ap.add_argument("--numpy-budget", type=int, default=100)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 50 if args.what == "functions" else 5
+    fn = {"functions": bench_functions, "hbv": bench_hbv, "speed": bench_speed, "full": bench_full}
+    t0 = time.perf_counter()
+    doc = fn[args.what](args)
+    doc["wall_time_s"] = time.perf_counter() - t0
+    _write(args.what + (f"_{args.tag}" if args.tag else ""), doc)
+
+
+if __name__ == "__main__":
+    main()
