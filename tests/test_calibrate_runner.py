@@ -180,3 +180,18 @@ def test_gradient_method_runs_resumes_and_reevaluates(tmp_path, monkeypatch):
     run_calibration(c, tmp_path / "cut", log=lambda *a: None)
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cut" / "calibration.zarr")["params"].values,
                                   cal["params"].values)
+
+
+def test_rows_split_over_two_devices_give_the_same_calibration(finished, tmp_path):
+    """train.devices=2 pads the rows (3 basins -> 4) and splits them over two host devices;
+    every basin's result is the one-device result."""
+    run_full, _ = finished
+    c = _config()
+    c["data"]["basins"] = BASINS + ["12167000"]
+    c["train"]["devices"] = 2
+    run_calibration(c, tmp_path / "two", log=lambda *a: None)
+    two = xr.open_zarr(tmp_path / "two" / "calibration.zarr")
+    assert list(two["basin"].values) == BASINS + ["12167000"] and two["params"].shape == (3, 15)
+    one = xr.open_zarr(run_full / "calibration.zarr")
+    np.testing.assert_allclose(two["params"].sel(basin=BASINS).values, one["params"].values, rtol=1e-6)
+    np.testing.assert_array_equal(two["n_evals"].sel(basin=BASINS).values, one["n_evals"].values)

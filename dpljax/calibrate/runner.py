@@ -74,9 +74,35 @@ def basin_keys(seed: int, basins, n_seeds: int):
                       for s in range(n_seeds) for b in basins])
 
 
-def _rows(arrays, n_seeds: int) -> BasinData:
-    tile = lambda a: jnp.concatenate([jnp.asarray(a)] * n_seeds, axis=0)
-    return BasinData({k: tile(v) for k, v in arrays.forcing.items()}, tile(arrays.obs), tile(arrays.obs_std))
+def _rows(arrays, n_seeds: int, devices: int = 1) -> BasinData:
+    """The basins' data repeated for every seed (seed-major), padded with copies of the last
+    row to a multiple of ``devices`` and split over them (rows are independent, so the
+    padding rows change nothing and are dropped from the results)."""
+    n = arrays.obs.shape[0] * n_seeds
+    pad = -n % devices
+
+    def rows(a):
+        a = jnp.concatenate([jnp.asarray(a)] * n_seeds, axis=0)
+        return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0) if pad else a
+
+    data = BasinData({k: rows(v) for k, v in arrays.forcing.items()}, rows(arrays.obs), rows(arrays.obs_std))
+    return _shard(data, devices)
+
+
+def _shard(tree, devices: int):
+    if devices <= 1:
+        return tree
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from ..parallel import AXIS, basin_mesh
+
+    return jax.device_put(tree, NamedSharding(basin_mesh(devices), PartitionSpec(AXIS)))
+
+
+def _keys(seed: int, basins, n_seeds: int, devices: int):
+    keys = basin_keys(seed, basins, n_seeds)
+    pad = -keys.shape[0] % devices
+    return _shard(jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)]) if pad else keys, devices)
 
 
 def _save_state(path: Path, state, meta: dict) -> None:
@@ -159,17 +185,19 @@ def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
     if exp.train.warmup >= arrays.obs.shape[1]:
         raise ConfigError(f"train.warmup={exp.train.warmup} days leaves nothing of the training period "
                           f"({arrays.obs.shape[1]} days) to calibrate on")
-    data = _rows(arrays, n_seeds)
+    devices = exp.train.devices  # rows split over devices (on a CPU: one per core)
+    data = _rows(arrays, n_seeds, devices)
     n_rows = len(basins) * n_seeds
     log(f"calibration: {type(method).__name__} on {len(basins)} basins x {n_seeds} seed(s), "
         f"{problem.n} parameters, train {exp.data.train[0]}..{exp.data.train[1]} "
         f"({arrays.obs.shape[1]} days, the first {exp.train.warmup} as warm-up)")
 
     t0 = time.perf_counter()
-    state = method.init(problem, data, basin_keys(exp.train.seed, basins, n_seeds))
+    state = method.init(problem, data, _keys(exp.train.seed, basins, n_seeds, devices))
     chunk, wall_before = 0, 0.0
     if old is not None:
         state, meta = _load_state(ckpt, state)
+        state = _shard(state, devices)
         chunk, wall_before = meta["chunk"], meta["wall_time_s"]
         log(f"calibration: resumed from chunk {chunk} ({ckpt})")
     meta = lambda: {"config": config, "chunk": chunk, "basins": basins, "n_seeds": n_seeds,
@@ -189,8 +217,8 @@ def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
         bar.close()
     _save_state(ckpt, state, meta())
     wall = wall_before + time.perf_counter() - t0
-    x, f, n_evals = method.best(state)
-    extra = method.report(state)
+    x, f, n_evals = (v[:n_rows] for v in method.best(state))
+    extra = {k: v[:n_rows] for k, v in method.report(state).items()}
     bad = [basins[i % len(basins)] for i in np.flatnonzero(~np.isfinite(f))]
     if bad:
         raise FloatingPointError(f"calibration found no finite objective value for basin(s) {sorted(set(bad))}: "
