@@ -158,6 +158,7 @@ def _jax_hbv(case: dict) -> dict:
 
     from dpljax.models import HBV, hbv
     from dpljax.models.hbv import Forcing
+    from dpljax.models.hbv_adjoint import _step_vjp
     from dpljax.params import ParameterSpace
 
     b, t, fw = case["B"], case["T"], case["fw"]
@@ -606,6 +607,7 @@ def _hbv_op_counts() -> dict:
 
     from dpljax.models import HBV, hbv
     from dpljax.models.hbv import Forcing
+    from dpljax.models.hbv_adjoint import _step_vjp
 
     z = jnp.float32(1.0)
     p = hbv.HBVParams(*([z] * 14))
@@ -614,7 +616,7 @@ def _hbv_op_counts() -> dict:
     n_jaxpr = lambda jx: sum(1 for e in jx.jaxpr.eqns if e.primitive.name in _ARITH)
     step_ops = n_jaxpr(jax.make_jaxpr(lambda p, s, x: hbv.step(p, s, x))(p, s, x))
     fl = hbv.HBVFluxes(z, None, None, None, None)
-    adj_ops = n_jaxpr(jax.make_jaxpr(lambda p, s, x, g: hbv._step_vjp(
+    adj_ops = n_jaxpr(jax.make_jaxpr(lambda p, s, x, g: _step_vjp(
         p, s, x, g, fl, capillary=False, smooth_phase=0.0, need_x=False))(p, s, x, s))
     # The compiled program: elementwise ops inside the fusions of each while-loop body.
     b, t = 100, 730
