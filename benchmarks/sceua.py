@@ -202,7 +202,7 @@ def dpljax_objective():
 
     # Forward only: the plain scan (adjoint="autodiff") is what a calibration runs; the
     # model's hand-written adjoint only pays off under differentiation (measured: its forward
-    # pass alone was ~1.8x slower here).
+    # pass alone was 1.1-1.8x slower here).
     dpl = DPL.of(HBV(adjoint="autodiff"), nmul=1)
     names, rnames = list(dpl.space.bounds), list(dpl.space.routing_bounds)
     bounds = {**dpl.space.bounds, **dpl.space.routing_bounds}
