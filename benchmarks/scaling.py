@@ -72,10 +72,11 @@ SAMPLE_FOREST_TREES = 20
 #: Rough costs on this 2-core machine (seconds), for --dry-run's estimate only: one dPL step
 #: per basin of the batch (HBV nmul=16, 730 days, forward + backward; camels531_static: 4360
 #: steps of 100 basins in 433 s), one SCE-UA model evaluation (3653 days, nmul=1; 889/s in
-#: results/sceua_speed.json), one gradient-calibration evaluation (forward + backward, ~3x).
+#: results/sceua_speed.json), one gradient-calibration step of one basin and restart (~3 s per
+#: step of 531 basins x 4 restarts on 2 cores, dpljax/calibrate/gradient.py).
 COST_DPL_BASIN_STEP = 433.0 / (4360 * 100)
 COST_SCEUA_EVAL = 1.0 / 889
-COST_GRAD_EVAL = 3.0 / 889
+COST_GRAD_EVAL = 3.0 / (531 * 4)
 
 
 # ------------------------------------------------------------------ configs
@@ -562,7 +563,7 @@ def _ctx_bundle(self, run_dir):
 Context.bundle = _ctx_bundle
 
 
-def load_plan(work: Path, conf: dict, log=print) -> dict:
+def load_plan(work: Path, conf: dict, write: bool = True) -> dict:
     """``plan.json``: the settings and each seed's permutation; a re-run must agree with it."""
     path = work / "plan.json"
     basins = all_basins(conf["dpl_config"])
@@ -578,17 +579,18 @@ def load_plan(work: Path, conf: dict, log=print) -> dict:
                              f"(or the same options as before)")
         return plan
     plan = {"settings": conf, "basins": basins, "permutations": {}}
-    _atomic_json(path, plan)
+    if write:
+        _atomic_json(path, plan)
     return plan
 
 
-def ensure_permutations(ctx: Context, seeds) -> None:
+def ensure_permutations(ctx: Context, seeds, write: bool = True) -> None:
     changed = False
     for s in seeds:
         if str(s) not in ctx.plan["permutations"]:
             ctx.plan["permutations"][str(s)] = permutation(ctx.plan["basins"], s)
             changed = True
-    if changed:
+    if changed and write:
         _atomic_json(ctx.work / "plan.json", ctx.plan)
 
 
@@ -656,14 +658,19 @@ def run(args) -> int:
     work = Path(args.work or (ROOT / "runs" / ("scaling_sample" if args.sample else "scaling")))
     sceua_dir = Path(args.sceua or work / "sceua")
     gradcal_dir = Path(args.gradcal or work / "gradcal")
-    work.mkdir(parents=True, exist_ok=True)
-    plan = load_plan(work, conf)
+    if not args.dry_run:
+        work.mkdir(parents=True, exist_ok=True)
+    plan = load_plan(work, conf, write=not args.dry_run)
     ctx = Context(work, conf, plan, log=(lambda *a: None) if args.quiet else print)
     fractions = args.fractions or (SAMPLE_FRACTIONS if args.sample else FRACTIONS)
     fractions = [str(Fraction(f)) for f in fractions]
     seeds = args.seeds if args.seeds is not None else list(SEEDS)
-    ensure_permutations(ctx, seeds)
+    ensure_permutations(ctx, seeds, write=not args.dry_run)
     todo = units(ctx, fractions, seeds, sceua_dir, gradcal_dir)
+    if args.only:
+        kinds = {"dpl": (DPLTrain, DPLSpatial), "calibration": (Calibration,), "regional": (Regionalise,),
+                 "coherence": (Coherence,)}
+        todo = [u for u in todo if isinstance(u, tuple(c for k in args.only for c in kinds[k]))]
     if args.dry_run:
         total = 0.0
         for u in todo:
@@ -745,6 +752,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-evals", type=int, default=300, help="--sample: SCE-UA evaluations per basin and seed")
     p.add_argument("--devices", type=int, help="train.devices of every run (default: each experiment's)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--only", nargs="+", choices=("dpl", "calibration", "regional", "coherence"),
+                   help="run only these kinds of unit (default: all)")
     p.add_argument("--dry-run", action="store_true", help="list the units and what is left; compute nothing")
     p.add_argument("--probe", action=argparse.BooleanOptionalAction, default=None,
                    help="measure the machine (~1 min; default: yes, except with --sample)")

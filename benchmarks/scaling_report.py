@@ -446,21 +446,39 @@ def write_results(doc: dict, out: Path, stem: str, quiet: bool = False) -> None:
         print(f"wrote {out / (stem + '.json')}, {stem}.png, {stem}.md")
 
 
+INTRO = (
+    "Tsai et al. (2021)'s central experiment on the 531 CAMELS-US basins (train WY2000-2008, test "
+    "WY1990-1999): dPL (g_A MLP + HBV nmul=16, the settings of `experiment=camels531_static`) trained on "
+    "nested random subsets holding 1/32, 1/16, 1/8, 1/4, 1/2 and all of the basins (3 seeds; one "
+    "permutation per seed, so each subset lies inside the larger ones), scored on the basins it trained "
+    "on (temporal test) and on every basin it never saw (spatial test). Baselines: SCE-UA and gradient "
+    "calibration of every basin (HBV nmul=1), their test scores restricted to each subset; and SCE-UA's "
+    "parameters regionalised to each subset's held-out basins with the subset as donors (nearest donor "
+    "in standardised attribute space, k=1; the mean of the 5 nearest donors' simulations; a random "
+    "forest of each parameter on the 35 attributes). Every dPL run takes the same number of optimiser "
+    "steps (the full experiment's), on batches of min(100, n) basins, so a small subset sees each "
+    "basin more often. Each unit (a dPL run, its spatial evaluation, a calibration, a regionalisation, "
+    "the coherence table) writes its own files under the work directory (`runs/scaling/`) and is "
+    "skipped once done; dPL runs and calibrations resume from their checkpoints, so the command can be "
+    "killed and re-run. `--dry-run` lists what is left, `--only dpl` runs one kind of unit, `--sample` "
+    "runs the whole pipeline on the 8-basin sample in minutes (`tests/test_scaling.py`).")
+
+
 def section(doc: dict | None, json_name: str) -> str:
     """The README section: how to run, then the tables rendered from the JSON."""
+    import textwrap
+
     head = [BEGIN, "## Scaling curve: dPL vs calibration and regionalisation (issue 12)", "",
-            "Tsai et al. (2021)'s central experiment on the 531 CAMELS-US basins (train WY2000-2008, test "
-            "WY1990-1999): dPL (g_A MLP + HBV nmul=16, `experiment=camels531_static`) trained on nested random "
-            "subsets of 1/32 ... all of the basins (3 seeds), scored on its trained basins (temporal) and on every "
-            "basin it never saw (spatial), against SCE-UA and gradient calibration of every basin (HBV nmul=1; "
-            "temporal, restricted to each subset) and SCE-UA's parameters regionalised to the held-out basins "
-            "with the subset as donors. Every dPL run takes the same number of optimiser steps "
-            "(the full experiment's), on batches of min(100, n) basins. Run (resumable; `--dry-run` lists "
-            "what is left):", "",
+            textwrap.fill(INTRO, 100), "",
             "```bash",
-            "python -m benchmarks.scaling --sceua runs/camels531_sceua --gradcal runs/camels531_gradcal --readme",
-            "python -m benchmarks.scaling --sample     # the whole pipeline on the 8-basin sample, in minutes",
-            "```", ""]
+            "python -m benchmarks.scaling --sceua RUN_DIR_OF_camels531_sceua --gradcal RUN_DIR_OF_camels531_gradcal --readme",
+            "python -m benchmarks.scaling --sample     # the whole pipeline on the 8-basin sample",
+            "python -m benchmarks.scaling render       # this section, from results/scaling.json",
+            "```", "",
+            textwrap.fill("A calibration directory that holds no finished run is calibrated there first "
+                          "(`experiment=camels531_sceua` / `camels531_gradcal` with `calibrate.seeds=3`, "
+                          "`--cal-seeds`): three seeds give the coherence table its spread over seeds.", 100),
+            ""]
     if doc is None:
         body = [f"(`results/{json_name}` does not exist yet: the full sweep has not been run.)", ""]
     else:
