@@ -109,6 +109,8 @@ def settings(args) -> dict:
         sceua = compose("camels531_sceua", [f"calibrate.seeds={args.cal_seeds}"])
         grad = compose("camels531_gradcal", [f"calibrate.seeds={args.cal_seeds}"])
         steps = args.steps or full_steps(dpl)
+    if args.nmul:  # e.g. 1, dPL with the calibrations' single component (the issue asks for both)
+        dpl["model"]["nmul"] = args.nmul
     dpl["train"].update(progress=False, checkpoint_minutes=args.checkpoint_minutes, resume=False)
     if args.devices:
         dpl["train"]["devices"] = args.devices
@@ -712,7 +714,7 @@ def run(args) -> int:
     if left:
         print(f"[scaling] {len(left)} unit(s) not done: re-run the same command to continue")
         return 1
-    print(f"[scaling] all done: {out / (stem + '.json')}")
+    print(f"[scaling] all {'selected ' if args.only else ''}units done: {out / (stem + '.json')}")
     return 0 if doc else 1
 
 
@@ -750,6 +752,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="optimiser steps of every dPL run (default: the full experiment's)")
     p.add_argument("--sample-steps", type=int, default=10, help="--sample: optimiser steps of every dPL run")
     p.add_argument("--sample-evals", type=int, default=300, help="--sample: SCE-UA evaluations per basin and seed")
+    p.add_argument("--nmul", type=int, help="HBV components of the dPL runs (default: the experiment's, 16; "
+                                             "use another --work for another value)")
     p.add_argument("--devices", type=int, help="train.devices of every run (default: each experiment's)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--only", nargs="+", choices=("dpl", "calibration", "regional", "coherence"),
