@@ -69,12 +69,13 @@ K_DONORS = 5
 #: :func:`dpljax.calibrate.regression_params` sets it up (leaves of >= 3 basins); fewer on the sample.
 FOREST_TREES = 200
 SAMPLE_FOREST_TREES = 20
-#: Rough costs on this 2-core machine (seconds), for --dry-run's estimate only: one dPL step
-#: per basin of the batch (HBV nmul=16, 730 days, forward + backward; camels531_static: 4360
-#: steps of 100 basins in 433 s), one SCE-UA model evaluation (3653 days, nmul=1; 889/s in
+#: Rough costs on this 2-core machine (seconds), for --dry-run's estimate only: one dPL step of
+#: B basins ~ a + b B (HBV nmul=16, 730 days, forward + backward, one device; camels531_static:
+#: 4360 steps of 100 basins in 433 s; 0.055 s per step of 17 basins measured on a loaded
+#: machine), one SCE-UA model evaluation (3653 days, nmul=1; 889/s in
 #: results/sceua_speed.json), one gradient-calibration step of one basin and restart (~3 s per
 #: step of 531 basins x 4 restarts on 2 cores, dpljax/calibrate/gradient.py).
-COST_DPL_BASIN_STEP = 433.0 / (4360 * 100)
+COST_DPL_STEP, COST_DPL_BASIN_STEP = 0.046, 5.3e-4
 COST_SCEUA_EVAL = 1.0 / 889
 COST_GRAD_EVAL = 3.0 / (531 * 4)
 
@@ -267,6 +268,7 @@ def dpl_config(conf: dict, basins: list[str], seed: int) -> dict:
     t = c["train"]
     devices = int(t.get("devices") or 1)
     t["batch_basins"] = batch_basins(len(basins), conf["max_batch_basins"], devices)
+    t["epochs"] = min(int(t["epochs"]), conf["steps"])  # epochs x iterations = steps (when it divides)
     t["iters_per_epoch"] = int(math.ceil(conf["steps"] / t["epochs"]))
     t["seed"] = int(seed)
     c["data"]["basins"] = list(basins)
@@ -287,7 +289,7 @@ class DPLTrain(Unit):
 
     def cost_s(self):
         t = self.config["train"]
-        return t["epochs"] * t["iters_per_epoch"] * t["batch_basins"] * COST_DPL_BASIN_STEP
+        return t["epochs"] * t["iters_per_epoch"] * (COST_DPL_STEP + t["batch_basins"] * COST_DPL_BASIN_STEP)
 
     def run(self, ctx):
         from dpljax.experiment import run_experiment

@@ -236,9 +236,11 @@ def statements(doc) -> dict:
                 row[f"dpl_minus_{m}"] = c[f]["dpl_spatial"]["mean"] - c[f][m]["mean"]
         beats = [m for m in REGIONAL if m in row and row[f"dpl_minus_{m}"] > 0]
         row["dpl_beats"] = beats
+        have = [m for m in REGIONAL if m in row]
         row["text"] = (f"at {f}: dPL spatial {row['dpl_spatial']:.3f} vs " +
-                       ", ".join(f"{SERIES[m][0].split(': ')[1].split(',')[0]} {row[m]:.3f}" for m in REGIONAL if m in row) +
-                       f" -> dPL better than {len(beats)} of {sum(m in row for m in REGIONAL)}")
+                       ", ".join(f"{SERIES[m][0].split(': ')[1].split(',')[0]} {row[m]:.3f}" for m in have) +
+                       f" -> dPL better than {len(beats)} of {len(have)}" if have else
+                       f"at {f}: dPL spatial {row['dpl_spatial']:.3f} (no regionalisation yet)")
         rows[f] = row
     if rows:
         out["dpl_spatial_vs_regionalisation"] = rows
@@ -332,6 +334,11 @@ def _f(v, fmt="{:.3f}"):
     return "" if v is None else fmt.format(v)
 
 
+def _mean_train_min(rows):
+    t = [r["dpl"]["train_wall_time_s"] for r in rows if (r.get("dpl") or {}).get("train_wall_time_s") is not None]
+    return float(np.mean(t)) / 60 if t else None
+
+
 def _n(k: int, what: str) -> str:
     return f"{k} {what}{'' if k == 1 else 's'}"
 
@@ -354,8 +361,8 @@ def markdown(doc: dict, figure_name: str = "scaling.png") -> str:
              f"Cells: median test NSE, mean over seeds (min-max). Figure: `results/{figure_name}`.")
     L.append("")
     L.append("| fraction | basins trained | dPL temporal | SCE-UA temporal | grad. cal. temporal | held out | "
-             "dPL spatial | nearest donor (k=1) | k donors' simulations | random forest |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+             "dPL spatial | nearest donor (k=1) | k donors' simulations | random forest | dPL training (mean) |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in doc["fractions"]:
         c = doc["curve"][f]
         rows = [r for r in doc["runs"] if r["fraction"] == f]
@@ -363,7 +370,8 @@ def markdown(doc: dict, figure_name: str = "scaling.png") -> str:
         nho = rows[0]["n_heldout"] if rows else ""
         L.append(f"| {f} | {ntr} | {_cell(c.get('dpl_temporal'))} | {_cell(c.get('sceua_temporal'))} | "
                  f"{_cell(c.get('gradcal_temporal'))} | {nho} | {_cell(c.get('dpl_spatial'))} | "
-                 f"{_cell(c.get('nearest1'))} | {_cell(c.get('donors5'))} | {_cell(c.get('forest'))} |")
+                 f"{_cell(c.get('nearest1'))} | {_cell(c.get('donors5'))} | {_cell(c.get('forest'))} | "
+                 f"{_f(_mean_train_min(rows), '{:.1f} min')} |")
     L.append("")
     s = doc["statements"]
     if "dpl_reaches_sceua" in s:
