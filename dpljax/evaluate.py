@@ -69,6 +69,12 @@ def write_predictions(path: str | Path, q: np.ndarray, obs: np.ndarray, basins, 
                                                               "long_name": "observed streamflow"})},
         coords={"basin": [str(b) for b in basins], "time": pd.DatetimeIndex(times)},
     )
+    write_zarr(ds, path)
+
+
+def write_zarr(ds: xr.Dataset, path: str | Path) -> None:
+    """Write ``ds`` as a zarr store, atomically: to a temporary directory, then renamed over
+    ``path``, so a crash never leaves a half-written store under the final name."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():

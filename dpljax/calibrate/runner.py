@@ -261,15 +261,7 @@ def write_parameters(path: Path, problem: Problem, basins, n_seeds: int, x, f, n
          "lower": (("parameter",), problem.lower), "upper": (("parameter",), problem.upper),
          **{f"{k}_by_seed": (("seed", "basin"), np.asarray(v).reshape(n_seeds, nb)) for k, v in extra.items()}},
         coords=coords)
-    tmp = path.with_name(path.name + ".tmp")
-    import shutil
-
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    E.write_zarr(ds, path)
     return pd.DataFrame({"objective": ds["objective"].values}, index=basins)
 
 
