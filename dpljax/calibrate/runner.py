@@ -40,6 +40,7 @@ from ..config import ConfigError, check_options
 from ..data.dataset import fit_normalizer, load_with_report, prepare
 from ..data.normalize import Normalizer
 from ..experiment import SECTIONS, build, write_run_info
+from ..resume import changes
 from .methods import METHODS, BasinData
 from .problem import Problem
 
@@ -118,14 +119,6 @@ def _load_state(path: Path, like):
     return state, meta
 
 
-def _changes(old: dict, new: dict) -> list[str]:
-    from ..resume import flat
-
-    a, b = flat(old), flat(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)]
-
-
 class _Progress:
     def __init__(self, enabled: bool):
         self.bar = None
@@ -167,7 +160,7 @@ def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
             raise ConfigError(f"{run_dir} already holds a calibration ({ckpt}); pass train.resume=true "
                               "to continue it, or choose a new run directory")
         old = read_checkpoint_meta(ckpt)
-        diffs = _changes(old["config"], config)
+        diffs = [f"{k}: {a!r} -> {b!r}" for k, a, b in changes(old["config"], config, ignore=MAY_CHANGE)]
         if diffs:
             raise ConfigError(f"cannot resume from {ckpt}: the config changed: " + "; ".join(diffs))
     elif (run_dir / "summary.json").exists():
