@@ -25,7 +25,7 @@ import numpy as np
 
 from ..registry import Registry
 from .gradient import GradientCalibration
-from .sce_ua import _check_inputs, init as sce_init, run as sce_run, stop_reason
+from .sce_ua import _check_inputs, best as sce_best, init as sce_init, run as sce_run, stop_reason
 
 METHODS: Registry = Registry("calibration method")
 
@@ -50,7 +50,11 @@ def _objective(problem):
 @dataclass(frozen=True)
 class SCEUA:
     """Per-basin SCE-UA (:func:`dpljax.calibrate.sce_ua`), every row's population evolving at
-    once; ``chunk_loops`` shuffling loops per chunk. Options as :func:`~dpljax.calibrate.init`."""
+    once. A chunk (between progress reports and checkpoints) is ``chunk_loops * (2n + 1)``
+    evaluation rounds, the rounds of ``chunk_loops`` shuffling loops if every CCE step took
+    one round: rows shuffle on their own, so no row waits for another at a loop's end, and a
+    chunk may end inside a loop (the checkpoint holds it). Options as
+    :func:`~dpljax.calibrate.init`."""
 
     max_evals: int = 10000
     n_complexes: int = 2
@@ -95,7 +99,8 @@ class SCEUA:
         fun = _objective(problem)
 
         def one(st, forcing, obs, obs_std):
-            return sce_run(st, lambda x: fun(x, forcing, obs, obs_std), self.chunk_loops)
+            return sce_run(st, lambda x: fun(x, forcing, obs, obs_std),
+                           n_rounds=self.chunk_loops * (2 * problem.n + 1))
 
         return jax.vmap(one)(state, data.forcing, data.obs, data.obs_std)
 
@@ -107,11 +112,12 @@ class SCEUA:
         return float(np.mean(np.where(self.done(state), 1.0, np.minimum(ev / self.max_evals, 1.0))))
 
     def status(self, state) -> str:
-        return f"median loss {np.median(np.asarray(state.f[:, 0])):.4f}, " \
+        return f"median loss {np.median(np.min(np.asarray(state.f), axis=1)):.4f}, " \
                f"{int(np.mean(np.asarray(state.n_evals)))} evals/basin"
 
     def best(self, state):
-        return np.asarray(state.x[:, 0]), np.asarray(state.f[:, 0]), np.asarray(state.n_evals)
+        x, f = jax.vmap(sce_best)(state)
+        return np.asarray(x), np.asarray(f), np.asarray(state.n_evals)
 
     def report(self, state) -> dict:
         return {"n_loops": np.asarray(state.loop), "n_nonfinite": np.asarray(state.n_nonfinite),

@@ -45,9 +45,12 @@ exactly the one point its own CCE needs next; so a round evaluates ``p`` points 
 only those of finished complexes (waiting for the shuffle) are wasted, and those are not
 counted. ``n_evals`` counts only evaluations the algorithm makes; ``n_computed`` counts
 every ``fun`` evaluation the (unbatched) program computes, so ``1 - n_evals / n_computed`` is
-the compute wasted by the vectorisation. Under an outer ``jax.vmap`` over problems the loops
-run until the slowest problem finishes; ``loop_rounds`` (rounds per loop) lets the batched
-waste be computed (``benchmarks/sceua.py`` reports it).
+the compute wasted by the vectorisation. The run is one loop over rounds, and a problem
+shuffles in the round its own complexes finish: under an outer ``jax.vmap`` over problems
+(basins) no problem waits for another's loop to end, so every round evaluates a useful point
+for nearly every problem (measured on 531 basins, ``benchmarks/README.md``); problems wait
+only at the end of a :func:`run` (until the slowest has done its ``n_loops``), which
+``run(..., n_rounds=k)`` avoids.
 
 Non-finite objective values: treated as ``+inf`` inside the algorithm (so such points are
 the worst and are replaced first) and counted in ``n_nonfinite``. When the initial
@@ -103,6 +106,16 @@ class SCEState(NamedTuple):
     peps: Any         # () float
     random_box: Any   # () bool: random points in the whole box (True) or the complex's box
     n_complexes: Any  # (p,) zeros: carries p in its shape (so run() needs no options)
+    # Within a shuffling loop (``in_loop``): ``x``/``f`` hold the complexes one after another
+    # (complex k: rows k*m .. k*m + m - 1, each sorted) and each complex's CCE state machine.
+    in_loop: Any      # () bool
+    loop_key: Any     # PRNG key of the current loop's evolution rounds
+    round: Any        # () int32, evaluation rounds done in the current loop
+    phase: Any        # (p,) int32: _REFLECT, _CONTRACT, _RANDOM or _DONE
+    cce_step: Any     # (p,) int32, CCE steps completed this loop
+    sub: Any          # (p, q) ranks of each complex's current sub-complex
+    centroid: Any     # (p, n) centroid of the sub-complex without its worst point
+    f_worst: Any      # (p,) objective value of the sub-complex's worst point
 
 
 class SCEResult(NamedTuple):
@@ -251,7 +264,11 @@ def _init(fun, lower, upper, key, max_evals, kstop, pcento, peps, *, p, m, beta,
         lower=lower, upper=upper, max_evals=max_evals,
         n_steps=jnp.asarray(beta, i32), kstop=jnp.asarray(kstop, i32),
         pcento=jnp.asarray(pcento, dtype), peps=jnp.asarray(peps, dtype),
-        random_box=jnp.asarray(random_box), n_complexes=jnp.zeros((p,), i32))
+        random_box=jnp.asarray(random_box), n_complexes=jnp.zeros((p,), i32),
+        in_loop=jnp.asarray(False), loop_key=key, round=jnp.asarray(0, i32),
+        phase=jnp.zeros((p,), i32), cce_step=jnp.zeros((p,), i32),
+        sub=jnp.zeros((p, n + 1), i32), centroid=jnp.zeros((p, n), dtype),
+        f_worst=jnp.zeros((p,), dtype))
 
 
 def select_subcomplex(key, m: int, q: int):
@@ -318,44 +335,56 @@ def _accept(c: _Complex, cand, fc, n_steps):
     return c._replace(x=x, f=f, phase=phase, step=step)
 
 
-def _one_loop(fun, st: SCEState) -> SCEState:
-    """One shuffling loop: partition, evolve the complexes (rounds), merge and sort, check
-    the stopping rules. ``st.stop`` must be RUNNING."""
+def _start_loop(st: SCEState) -> SCEState:
+    """Partition the sorted population into complexes: complex k holds ranks k, k + p, k + 2p,
+    ... (each complex stays sorted); every complex starts a new CCE step."""
     s, n = st.x.shape
     p = st.n_complexes.shape[0]
     m = s // p
-    q = n + 1
     key, k_loop = jax.random.split(st.key)
-    # Complex k holds ranks k, k + p, k + 2p, ... (each complex stays sorted).
-    cx = st.x.reshape(m, p, n).swapaxes(0, 1)
-    cf = st.f.reshape(m, p).T
-    i32 = jnp.int32
-    cs = _Complex(cx, cf, jnp.zeros((p,), i32), jnp.zeros((p,), i32),
-                  jnp.zeros((p, q), i32), jnp.zeros((p, n), st.x.dtype), jnp.zeros((p,), st.f.dtype))
-    propose = jax.vmap(partial(_propose, q=q), in_axes=(0, 0, None, None, None))
-    accept = jax.vmap(_accept, in_axes=(0, 0, 0, None))
-    vfun = jax.vmap(fun)
+    x = st.x.reshape(m, p, n).swapaxes(0, 1).reshape(s, n)
+    f = st.f.reshape(m, p).T.reshape(s)
+    zero = jnp.zeros_like
+    return st._replace(x=x, f=f, key=key, loop_key=k_loop, in_loop=jnp.asarray(True),
+                       round=zero(st.round), phase=zero(st.phase), cce_step=zero(st.cce_step),
+                       sub=zero(st.sub), centroid=zero(st.centroid), f_worst=zero(st.f_worst))
 
-    def cond(carry):
-        cs, n_evals, _, _, _ = carry
-        n_active = jnp.sum(cs.phase != _DONE)
-        return (n_active > 0) & (n_evals + n_active <= st.max_evals)
 
-    def body(carry):
-        cs, n_evals, n_bad, rnd, _ = carry
-        keys = jax.random.split(jax.random.fold_in(k_loop, rnd), p)
-        cand, cs = propose(cs, keys, st.lower, st.upper, st.random_box)
-        fc, _ = _sanitize(vfun(cand).astype(st.f.dtype))
-        active = cs.phase != _DONE
-        n_bad = n_bad + jnp.sum(active & ~jnp.isfinite(fc)).astype(i32)
-        n_evals = n_evals + jnp.sum(active).astype(i32)
-        return accept(cs, cand, fc, st.n_steps), n_evals, n_bad, rnd + 1, None
+def _evolve(fun, st: SCEState) -> SCEState:
+    """One evaluation round: every complex that has not finished its ``beta`` steps evaluates
+    the one point its CCE needs next."""
+    s, n = st.x.shape
+    p = st.n_complexes.shape[0]
+    m = s // p
+    cs = _Complex(st.x.reshape(p, m, n), st.f.reshape(p, m), st.phase, st.cce_step, st.sub,
+                  st.centroid, st.f_worst)
+    keys = jax.random.split(jax.random.fold_in(st.loop_key, st.round), p)
+    cand, cs = jax.vmap(partial(_propose, q=n + 1), in_axes=(0, 0, None, None, None))(
+        cs, keys, st.lower, st.upper, st.random_box)
+    fc, _ = _sanitize(jax.vmap(fun)(cand).astype(st.f.dtype))
+    active = cs.phase != _DONE
+    n_bad = st.n_nonfinite + jnp.sum(active & ~jnp.isfinite(fc)).astype(jnp.int32)
+    n_evals = st.n_evals + jnp.sum(active).astype(jnp.int32)
+    cs = jax.vmap(_accept, in_axes=(0, 0, 0, None))(cs, cand, fc, st.n_steps)
+    return st._replace(x=cs.x.reshape(s, n), f=cs.f.reshape(s), phase=cs.phase, cce_step=cs.step,
+                       sub=cs.sub, centroid=cs.g, f_worst=cs.fw, n_evals=n_evals, n_nonfinite=n_bad,
+                       round=st.round + 1)
 
-    cs, n_evals, n_bad, rounds, _ = jax.lax.while_loop(
-        cond, body, (cs, st.n_evals, st.n_nonfinite, jnp.asarray(0, i32), None))
-    # Shuffle: merge the complexes and sort.
-    x = cs.x.swapaxes(0, 1).reshape(s, n)
-    f = cs.f.T.reshape(s)
+
+def _loop_over(st: SCEState):
+    """Whether the current loop has no round left: every complex has done its ``beta`` steps,
+    or the budget cannot pay for one more round."""
+    n_active = jnp.sum(st.phase != _DONE)
+    return (n_active == 0) | (st.n_evals + n_active > st.max_evals)
+
+
+def _finish_loop(st: SCEState) -> SCEState:
+    """Shuffle (merge the complexes and sort), record the best, check the stopping rules."""
+    s, n = st.x.shape
+    p = st.n_complexes.shape[0]
+    m = s // p
+    x = st.x.reshape(p, m, n).swapaxes(0, 1).reshape(s, n)
+    f = st.f.reshape(p, m).T.reshape(s)
     order = jnp.argsort(f, stable=True)
     x, f = x[order], f[order]
     loop = st.loop + 1
@@ -369,34 +398,64 @@ def _one_loop(fun, st: SCEState) -> SCEState:
     change = jnp.where(denom == 0.0, 0.0, 100.0 * jnp.abs(f[0] - first) / denom)
     no_improve = (loop >= st.kstop) & (change < st.pcento)
     out_of_loops = loop >= st.loop_rounds.shape[0]
-    stop = jnp.where(st.max_evals - n_evals < p, BUDGET,
+    stop = jnp.where(st.max_evals - st.n_evals < p, BUDGET,
            jnp.where(gn < st.peps, GATHERED,
            jnp.where(no_improve, NO_IMPROVEMENT,
-           jnp.where(out_of_loops, MAX_LOOPS, RUNNING)))).astype(i32)
+           jnp.where(out_of_loops, MAX_LOOPS, RUNNING)))).astype(jnp.int32)
     return st._replace(
-        x=x, f=f, key=key, n_evals=n_evals, n_computed=st.n_computed + rounds * p,
-        n_nonfinite=n_bad, loop=loop, trace=trace,
-        loop_rounds=st.loop_rounds.at[st.loop].set(rounds), gnrng=gn, stop=stop)
+        x=x, f=f, n_computed=st.n_computed + st.round * p, loop=loop, trace=trace,
+        loop_rounds=st.loop_rounds.at[st.loop].set(st.round), gnrng=gn, stop=stop,
+        in_loop=jnp.asarray(False))
+
+
+def _advance(fun, st: SCEState, end_loop) -> SCEState:
+    """One step of the run: start a loop if none is under way (and ``loop < end_loop``), one
+    evaluation round, and the shuffle when that was the loop's last round. Each problem
+    shuffles as soon as its own complexes are done, so under ``vmap`` no problem waits for
+    another's loop to end (the only waiting is at the end of a :func:`run`)."""
+    start = ~st.in_loop & (st.stop == RUNNING) & (st.loop < end_loop)
+    st = jax.lax.cond(start, _start_loop, lambda s: s, st)
+    st = jax.lax.cond(st.in_loop, partial(_evolve, fun), lambda s: s, st)
+    return jax.lax.cond(st.in_loop & _loop_over(st), _finish_loop, lambda s: s, st)
 
 
 @partial(jax.jit, static_argnames=("fun",))
-def run(state: SCEState, fun: Callable, n_loops=None) -> SCEState:
+def run(state: SCEState, fun: Callable, n_loops=None, *, n_rounds=None) -> SCEState:
     """Advance ``state`` by at most ``n_loops`` shuffling loops (all of them, until a
-    stopping rule fires, when ``None``). Pure: ``run(run(s, f, a), f, b)`` equals
-    ``run(s, f, a + b)`` bit for bit, so a long calibration can be checkpointed between
-    chunks (``state`` is a PyTree of arrays). ``n_loops`` may be traced."""
+    stopping rule fires, when ``None``), or, with ``n_rounds``, by at most that many
+    evaluation rounds (a state may then be inside a loop; the next ``run`` continues it).
+    Pure: ``run(run(s, f, a), f, b)`` equals ``run(s, f, a + b)`` bit for bit (likewise with
+    ``n_rounds``), so a long calibration can be checkpointed between chunks (``state`` is a
+    PyTree of arrays). ``n_loops`` and ``n_rounds`` may be traced."""
+    if n_rounds is not None and n_loops is not None:
+        raise ValueError("pass n_loops or n_rounds, not both")
+    big = jnp.iinfo(jnp.int32).max
     limit = state.loop_rounds.shape[0] if n_loops is None else n_loops
-    end = state.loop + jnp.asarray(limit, jnp.int32)
+    end_loop = big if n_rounds is not None else state.loop + jnp.asarray(limit, jnp.int32)
+    max_rounds = big if n_rounds is None else jnp.asarray(n_rounds, jnp.int32)
 
-    def cond(st):
-        return (st.stop == RUNNING) & (st.loop < end)
+    def cond(carry):
+        st, r = carry
+        return (st.stop == RUNNING) & (st.in_loop | (st.loop < end_loop)) & (r < max_rounds)
 
-    return jax.lax.while_loop(cond, partial(_one_loop, fun), state)
+    def body(carry):
+        st, r = carry
+        return _advance(fun, st, end_loop), r + 1
+
+    return jax.lax.while_loop(cond, body, (state, jnp.asarray(0, jnp.int32)))[0]
+
+
+def best(state: SCEState):
+    """``(x (n,), f ())``: the best point of a state (also inside a loop, when the population
+    is held complex by complex)."""
+    i = jnp.argmin(state.f)
+    return state.x[i], state.f[i]
 
 
 def result(state: SCEState) -> SCEResult:
     """The :class:`SCEResult` of a state (best point, counts, trace, stop code)."""
-    return SCEResult(x=state.x[0], fun=state.f[0], n_evals=state.n_evals,
+    x, f = best(state)
+    return SCEResult(x=x, fun=f, n_evals=state.n_evals,
                      n_computed=state.n_computed, n_nonfinite=state.n_nonfinite,
                      n_loops=state.loop, trace=state.trace, n_trace=state.loop + 1,
                      stop=state.stop, gnrng=state.gnrng, state=state)
