@@ -111,6 +111,8 @@ def experiment_view(exp) -> dict:
     section is compared by :func:`check_resume`; the data's location may move)."""
     data = asdict(exp.data)
     data.pop("source")
+    if not data.get("attribute_missing_codes"):  # absent from older checkpoints: same meaning
+        data.pop("attribute_missing_codes", None)
     view = {s: exp.config[s] for s in ("model", "net", "loss", "optim")}
     view["data"] = data
     return json.loads(json.dumps(view))

@@ -75,6 +75,19 @@ def check_structure(ds: xr.Dataset, variables: Sequence[str], attributes: Sequen
     for a in attributes:
         if ds[a].dims != ("basin",):
             raise DataError(f"attribute {a!r} has dims {ds[a].dims}; expected ('basin',)")
+    for v in list(variables) + list(attributes):
+        if ds[v].dtype == np.float16:
+            raise DataError(f"variable {v!r} is float16 (3 significant digits, at most 65504): too coarse "
+                            f"for hydrological data; store it as float32: ds[{v!r}] = ds[{v!r}].astype('float32')")
+    if ds["basin"].dtype.kind in "iuf":
+        ex = ds["basin"].values[:1].tolist()
+        raise DataError(f"basin ids are numbers (dtype {ds['basin'].dtype}, e.g. {ex[0] if ex else ''}), which loses "
+                        "their leading zeros (USGS ids are 8 characters): store them as strings, e.g. "
+                        "ds['basin'] = [f'{int(b):08d}' for b in ds['basin'].values]")
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise DataError(f"the time coordinate has dtype {ds['time'].dtype}, not dates (a time axis with a time-zone "
+                        "offset is stored as objects): store naive daily dates, e.g. "
+                        "ds['time'] = pd.DatetimeIndex(ds['time'].values).tz_localize(None).normalize()")
     basins = pd.Index(ds["basin"].values)
     if basins.has_duplicates:
         raise DataError(f"duplicated basin ids: {_fmt_basins(basins[basins.duplicated()].unique())}")
@@ -84,6 +97,17 @@ def check_structure(ds: xr.Dataset, variables: Sequence[str], attributes: Sequen
     if not t.is_monotonic_increasing:
         i = int(np.nonzero(np.diff(t.values) < np.timedelta64(0))[0][0])
         raise DataError(f"time is not sorted: {t[i].date()} is followed by {t[i + 1].date()}")
+    if len(t) > 1:
+        step = np.diff(t.values)
+        if (step > np.timedelta64(0)).all() and np.median(step) < np.timedelta64(1, "D"):
+            raise DataError(f"time axis is sub-daily (steps of {pd.Timedelta(np.median(step))}, e.g. {t[0]} -> "
+                            f"{t[1]}); the contract is daily: aggregate to daily values first (e.g. "
+                            "ds.resample(time='1D').mean(), with prcp summed)")
+    off_midnight = t != t.normalize()
+    if off_midnight.any():
+        raise DataError(f"time stamps carry a time of day (first: {t[off_midnight][0]}), e.g. from a time-zone "
+                        "offset; daily data are dated by their day at 00:00: set "
+                        "ds['time'] = pd.DatetimeIndex(ds['time'].values).normalize() if each value is one day's")
     if len(t) > 1:
         step = np.diff(t.values)
         off = np.nonzero(step != np.timedelta64(1, "D"))[0]
@@ -212,6 +236,44 @@ def find_problems(ds: xr.Dataset, start, end, forcing: Sequence[str],
     return out
 
 
+#: Values of a numeric attribute read as missing-value codes (never as measurements): an
+#: attribute holding one is an error naming it, unless ``data.attribute_missing_codes`` lists
+#: the code, which then reads as missing (NaN, filled with the training mean).
+MISSING_CODES = (-9999.0, -999.0)
+
+
+def attribute_problems(ds: xr.Dataset, attributes: Sequence[str]) -> list[Problem]:
+    """Per-basin problems of numeric attributes: inf, and missing-value codes
+    (:data:`MISSING_CODES`). NaN is allowed: missing, filled with the training mean."""
+    out: list[Problem] = []
+    for a in attributes:
+        da = ds[a]
+        if da.dtype.kind not in "fiu":
+            continue  # categorical
+        x = da.values.astype(np.float64)
+        inf = np.isinf(x)
+        if inf.any():
+            out.append(Problem(f"attribute {a!r} is infinite", da, inf,
+                               " (store a missing attribute as NaN: it is then filled with the training mean)"))
+        code = np.isin(x, MISSING_CODES)
+        if code.any():
+            c = float(x[code][0])
+            out.append(Problem(f"attribute {a!r} is {c:g}", da, code,
+                               f" ({c:g} looks like a missing-value code: store missing attributes as NaN, or set "
+                               f"+data.attribute_missing_codes=[{c:g}] to read it as missing)"))
+    return out
+
+
+def check_attributes_defined(ds: xr.Dataset, attributes: Sequence[str]) -> None:
+    """Every numeric attribute has a value for at least one basin (its statistics exist)."""
+    n = int(ds.sizes["basin"])
+    for a in attributes:
+        da = ds[a]
+        if da.dtype.kind in "fiu" and not np.isfinite(da.values.astype(np.float64)).any():
+            raise DataError(f"attribute {a!r} is missing (NaN) for all {n} basins: it cannot be normalised "
+                            "and carries no information; remove it from data.attributes, or fill it")
+
+
 def _sentinel_hint(values: np.ndarray) -> str:
     codes = {-9999.0, -999.0, -99.0, -9.0}
     found = sorted({float(x) for x in np.unique(values)} & codes)
@@ -223,7 +285,7 @@ def _sentinel_hint(values: np.ndarray) -> str:
 
 def screen_basins(ds: xr.Dataset, span: tuple, train: tuple, forcing: Sequence[str],
                   target: str, on_bad_basin: str = "error", warn: Sequence[str] = (),
-                  warnings: dict | None = None) -> tuple[xr.Dataset, dict[str, str]]:
+                  warnings: dict | None = None, attributes: Sequence[str] = ()) -> tuple[xr.Dataset, dict[str, str]]:
     """Validate values; on a problem raise (``"error"``) or drop the basins (``"exclude"``).
 
     Problems whose kind is in ``warn`` (e.g. ``"tmin_above_tmax"``) neither raise nor exclude:
@@ -231,6 +293,7 @@ def screen_basins(ds: xr.Dataset, span: tuple, train: tuple, forcing: Sequence[s
     Returns the (possibly reduced) dataset and ``{basin: reason}`` of the excluded basins.
     """
     problems = find_problems(ds, *span, forcing=forcing, target=target, train=train)
+    problems += attribute_problems(ds, attributes)
     for p in [p for p in problems if p.kind and p.kind in warn]:
         problems.remove(p)
         if warnings is not None:

@@ -49,6 +49,10 @@ class DataConfig:
         ``tmean = (tmax + tmin) / 2`` enters the model; the Daymet basin means of CAMELS-US
         hold such days (3,352 basin-days in 98 basins, up to 14.7 degC), which the reference
         studies used as they are.
+      attribute_missing_codes: numbers that mean "missing" in numeric attributes (e.g.
+        ``[-999]``): read as NaN, i.e. filled with the training mean after normalisation.
+        Without it an attribute holding -999 or -9999 is an error naming it and its basins,
+        as is an infinite attribute or one missing for every basin.
     """
 
     source: str = "sample"
@@ -63,6 +67,7 @@ class DataConfig:
     test_warmup_days: int | None = None
     on_bad_basin: str = "error"
     tmin_above_tmax: str = "error"
+    attribute_missing_codes: Sequence[float] = ()
 
     def __post_init__(self):
         if not isinstance(self.source, (str, Path)):
@@ -84,6 +89,11 @@ class DataConfig:
                                  f"got {self.test_warmup_days!r}")
         if self.on_bad_basin not in ("error", "exclude"):
             raise ValueError(f"data.on_bad_basin must be 'error' or 'exclude', got {self.on_bad_basin!r}")
+        codes = self.attribute_missing_codes
+        if codes is None or isinstance(codes, (str, bool)) or not isinstance(codes, (list, tuple)) \
+                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in codes):
+            raise ValueError(f"data.attribute_missing_codes must be a list of numbers, got {codes!r}")
+        self.attribute_missing_codes = tuple(float(c) for c in codes)
         if self.tmin_above_tmax not in ("error", "warn"):
             raise ValueError(f"data.tmin_above_tmax must be 'error' or 'warn', got {self.tmin_above_tmax!r}")
 
@@ -148,8 +158,26 @@ def open_source(source: str) -> xr.Dataset:
         return load_sample()
     path = Path(source).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
-    return xr.open_zarr(path)
+        raise FileNotFoundError(f"dataset {str(path)!r} does not exist (data.source must be 'sample' or "
+                                "the path of a zarr store)")
+    if path.is_file():
+        raise contract.DataError(f"data.source {str(path)!r} is a file, not a zarr store (a directory such as "
+                                 "camels_us.zarr): write your data with xarray's ds.to_zarr(path), or convert "
+                                 "the CAMELS-US download with `dpljax data camels-us`")
+    raw = [n for n in ("basin_mean_forcing", "usgs_streamflow", "camels_attributes_v2.0") if (path / n).exists()]
+    if raw or any(path.glob("camels_*.txt")):
+        raise contract.DataError(f"data.source {str(path)!r} is the official CAMELS-US layout (found "
+                                 f"{raw or 'camels_*.txt'}), not a zarr store: convert it once with "
+                                 f"`dpljax data camels-us {path} camels_us.zarr` and set data.source to the result")
+    if not any((path / n).exists() for n in (".zgroup", ".zmetadata", "zarr.json")):
+        raise contract.DataError(f"data.source {str(path)!r} is a directory but not a zarr store (it has no "
+                                 ".zgroup, .zmetadata or zarr.json)")
+    try:
+        return xr.open_zarr(path)
+    except Exception as e:  # noqa: BLE001 - any failure to open is the store's
+        raise contract.DataError(f"cannot open the zarr store {str(path)!r}: its metadata are corrupt or "
+                                 f"unreadable ({type(e).__name__}: {e}); rebuild the store or restore it "
+                                 "from its source") from None
 
 
 def select_basins(ds: xr.Dataset, basins) -> xr.Dataset:
@@ -224,13 +252,29 @@ def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
     for name, (s, e) in periods.items():
         contract.check_period(ds, name, s, e)
     keep = list(dict.fromkeys(dyn_needed + [cfg.target] + list(cfg.attributes)))
-    ds = ds[keep].load()
+    _check_chunk_files(cfg.source, dyn_needed)
+    ds = ds[keep]
+    for v in keep:  # read now, one variable at a time, so that a bad chunk is named
+        try:
+            ds[v].load()
+        except Exception as e:  # noqa: BLE001 - a chunk that cannot be read or decoded
+            raise contract.DataError(f"cannot read variable {v!r} from {cfg.source!r}: a chunk of it is corrupt or "
+                                     f"unreadable ({type(e).__name__}: {e}); rebuild the store or restore it "
+                                     "from its source") from None
+    ds = ds.load()
+    if cfg.attribute_missing_codes:
+        for a in cfg.attributes:
+            if ds[a].dtype.kind in "fiu":
+                ds[a] = ds[a].astype(np.float64).where(~ds[a].isin(list(cfg.attribute_missing_codes)))
     report = LoadReport(n_selected=int(ds.sizes["basin"]))
     span = span_of(cfg, ds)
     warn = ("tmin_above_tmax",) if cfg.tmin_above_tmax == "warn" else ()
     train_obs = cfg.train if require_train_obs else None
     ds, report.excluded = contract.screen_basins(ds, span, train_obs, dyn_needed, cfg.target,
-                                                 cfg.on_bad_basin, warn=warn, warnings=report.warnings)
+                                                 cfg.on_bad_basin, warn=warn, warnings=report.warnings,
+                                                 attributes=cfg.attributes)
+    if require_train_obs:  # the basins the statistics are fitted on
+        contract.check_attributes_defined(ds, cfg.attributes)
     log = print if log is None else log
     for kind, w in report.warnings.items():
         log(f"data: warning ({kind}: warn): {w['cells']} basin-days in {len(w['basins'])} basins "
@@ -241,6 +285,34 @@ def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
         log(f"data: {len(report.excluded)} of {report.n_selected} basins excluded "
             f"(data.on_bad_basin=exclude); {ds.sizes['basin']} left")
     return ds, report
+
+
+def _check_chunk_files(source: str, variables: Sequence[str]) -> None:
+    """A zarr (format 2) directory store missing a chunk file of a forcing variable: zarr
+    would read it as fill values (NaN), so name the file instead. (A missing streamflow chunk
+    may be legitimate: zarr need not write a chunk that is all NaN.)"""
+    import itertools
+    import json
+
+    path = Path(source).expanduser()
+    if source == "sample" or not path.is_dir():
+        return
+    for v in variables:
+        meta = path / v / ".zarray"
+        try:
+            z = json.loads(meta.read_text())
+            shape, chunks = z["shape"], z["chunks"]
+            sep = z.get("dimension_separator") or "."
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a zarr v2 array we can list; the read itself will tell
+        grid = [range(-(-n // c)) for n, c in zip(shape, chunks)]
+        missing = [sep.join(map(str, idx)) for idx in itertools.product(*grid)
+                   if not (path / v / sep.join(map(str, idx))).exists()]
+        if missing:
+            raise contract.DataError(f"variable {v!r} of {str(path)!r} lacks chunk file(s) "
+                                     f"{', '.join(f'{v}/{m}' for m in missing[:5])}"
+                                     f"{f' (+{len(missing) - 5} more)' if len(missing) > 5 else ''}: zarr would "
+                                     "read them as NaN; rebuild the store or restore it from its source")
 
 
 def span_of(cfg: DataConfig, ds: xr.Dataset) -> Period:
