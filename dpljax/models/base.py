@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..registry import Registry
 
@@ -125,6 +126,12 @@ class ProcessModel:
         structure depends on its bounds, as GR4J's queue lengths do on ``x4``, returns a new
         instance); by default the model itself."""
         return self
+
+    @property
+    def valid_bounds(self) -> dict[str, tuple[float, float]]:
+        """The ranges a direct call of :func:`run` accepts (checked on concrete inputs); by
+        default :attr:`bounds`. A model whose structure follows its bounds widens them."""
+        return self.bounds
 
     @property
     def has_adjoint(self) -> bool:
@@ -252,6 +259,13 @@ def run(model: ProcessModel, params, forcing, state=None, *, adjoint: str | None
 
     Returns:
       :class:`Output` ``(fluxes, final_state)`` with ``(T,)`` fluxes.
+
+    Raises:
+      ValueError: on a parameter or forcing of the wrong shape; and, when the inputs are
+      concrete (a direct call, not traced under ``jit``/``vmap``/``grad``), on a forcing value
+      that is NaN or inf, or a parameter that is not finite or lies outside ``model.bounds``.
+      Traced inputs are not checked (nothing is added to compiled programs): there,
+      out-of-bounds parameters are used as given and NaN forcing gives NaN fluxes.
     """
     adjoint = check_adjoint(model, model.adjoint if adjoint is None else adjoint)
     names = tuple(model.bounds)
@@ -282,6 +296,7 @@ def run(model: ProcessModel, params, forcing, state=None, *, adjoint: str | None
         else:
             raise ValueError(f"{model.name} parameter {k!r} has shape {v.shape}; "
                              f"expected () or ({n_t},)")
+    _check_concrete(model, x, {**static, **dynamic}, n_t)
     if state is None:
         s0 = model.initial_state(model.Params(**static, **{k: v[0] for k, v in dynamic.items()}))
     else:
@@ -297,6 +312,38 @@ def run(model: ProcessModel, params, forcing, state=None, *, adjoint: str | None
             body = jax.checkpoint(body)
         final, fluxes = jax.lax.scan(body, s0, (x, dynamic))
     return Output(fluxes, final)
+
+
+def _check_concrete(model: ProcessModel, x, params: dict, n_t: int) -> None:
+    """On concrete inputs (a direct call, not under ``jit``, ``vmap`` or ``grad``): every
+    forcing value finite, every parameter finite and inside ``model.valid_bounds``. Traced inputs
+    are not checked (their values are unknown when the program is built), so nothing is
+    added to compiled programs."""
+    tracer = jax.core.Tracer
+    for n in model.forcing:
+        v = getattr(x, n)
+        if v is None or isinstance(v, tracer):
+            continue
+        a = np.asarray(v)
+        bad = np.flatnonzero(~np.isfinite(a))
+        if len(bad):
+            days = ", ".join(str(int(i)) for i in bad[:5]) + (f" ... ({len(bad)} days)" if len(bad) > 5 else "")
+            raise ValueError(f"{model.name}: forcing {n!r} is NaN or inf on day(s) {days} of {n_t}; every "
+                             "forcing value must be finite (fill or drop missing days first)")
+    bounds = model.valid_bounds
+    for k, v in params.items():
+        if isinstance(v, tracer) or k not in bounds:
+            continue
+        a = np.asarray(v, dtype=np.float64)
+        lo, hi = bounds[k]
+        tol = 1e-6 * (hi - lo)
+        bad = ~np.isfinite(a) | (a < lo - tol) | (a > hi + tol)
+        if bad.any():
+            val = a[bad].ravel()[0]
+            where = f" (day {int(np.flatnonzero(bad.ravel())[0])})" if a.ndim else ""
+            raise ValueError(f"{model.name}: parameter {k!r} = {val:g}{where} lies outside its bounds "
+                             f"[{lo:g}, {hi:g}] (physical units); pass values inside the bounds, or run a "
+                             "model built with other bounds (model.with_bounds)")
 
 
 def simulate(model: ProcessModel, params, forcing, state=None, *, adjoint: str | None = None) -> Output:

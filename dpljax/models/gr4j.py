@@ -233,6 +233,12 @@ class GR4J(ProcessModel):
     def bounds(self) -> dict[str, tuple[float, float]]:
         return dict(BOUNDS, **(SNOW_BOUNDS if self.snow else {}))
 
+    @property
+    def valid_bounds(self) -> dict[str, tuple[float, float]]:
+        """:attr:`bounds`, with ``x4`` up to the ``x4_max`` the queues were sized for."""
+        b = self.bounds
+        return dict(b, x4=(b["x4"][0], max(b["x4"][1], self.x4_max)))
+
     def initial_state(self, params) -> GR4JState:
         return initial_state(params, *queue_lengths(self.x4_max))
 
