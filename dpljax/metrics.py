@@ -5,6 +5,13 @@ nse: Nash-Sutcliffe efficiency (Nash & Sutcliffe 1970). kge: Kling-Gupta efficie
 bias: relative volume bias ``(sum sim - sum obs) / sum obs`` (fraction). r: Pearson
 correlation. fhv: percent bias of the high-flow volume, top 2 % of the flow-duration curve;
 flv: percent bias of the low-flow volume, bottom 30 %, in log space (Yilmaz et al. 2008).
+
+Every metric is defined for any input and returns NaN where it is undefined instead of
+raising: a simulation that is NaN or inf on a day with an observation,
+no valid pair (or fewer than two, for nse, kge, r and flv), observations of zero
+variance (nse, kge, r), a zero observed volume (bias, fhv) or mean (kge), fewer than two
+low-flow days (flv). A table's medians are then taken over the basins where the metric is
+defined, and ``summary.json`` says over how many (``n_basins_nse``, ``n_basins_kge``).
 """
 from __future__ import annotations
 
@@ -14,11 +21,33 @@ import pandas as pd
 METRICS = ("nse", "kge", "rmse", "bias", "r", "fhv", "flv")
 
 
+class _NonFiniteSim(Exception):
+    pass
+
+
 def _pair(sim, obs):
+    """The days with an observation; a simulation that is NaN or inf on any of them makes
+    every metric NaN (it is never scored over the remaining days)."""
     sim = np.asarray(sim, dtype=np.float64)
     obs = np.asarray(obs, dtype=np.float64)
-    ok = np.isfinite(obs) & np.isfinite(sim)
+    ok = np.isfinite(obs)
+    if not np.isfinite(sim[ok]).all():
+        raise _NonFiniteSim
     return sim[ok], obs[ok]
+
+
+def _undefined_is_nan(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            with np.errstate(all="ignore"):
+                return fn(*args, **kwargs)
+        except _NonFiniteSim:
+            return np.nan
+
+    return wrapper
 
 
 def nse(sim, obs) -> float:
@@ -70,11 +99,14 @@ def flv(sim, obs, low: float = 0.3, eps: float = 1e-6) -> float:
         return np.nan
     s, o = np.sort(np.maximum(s, 0))[::-1], np.sort(np.maximum(o, 0))[::-1]
     k = max(int(round((1 - low) * len(o))), 0)
+    if len(o) - k < 2:  # fewer than two low flows: no volume above the minimum to compare
+        return np.nan
     ls, lo = np.log(s[k:] + eps), np.log(o[k:] + eps)
     qs, qo = np.sum(ls - ls.min()), np.sum(lo - lo.min())
     return float(-100.0 * (qs - qo) / qo) if qo > 0 else np.nan
 
 
+nse, pearson_r, kge, rmse, bias, fhv, flv = map(_undefined_is_nan, (nse, pearson_r, kge, rmse, bias, fhv, flv))
 FUNCS = {"nse": nse, "kge": kge, "rmse": rmse, "bias": bias, "r": pearson_r, "fhv": fhv, "flv": flv}
 
 
@@ -84,7 +116,8 @@ def table(sim: np.ndarray, obs: np.ndarray, basins, metrics=METRICS) -> pd.DataF
     ``n_missing``."""
     rows = []
     for i, b in enumerate(basins):
-        row = {m: FUNCS[m](sim[i], obs[i]) for m in metrics}
+        with np.errstate(all="ignore"):  # undefined is NaN (see the module doc), never a warning
+            row = {m: FUNCS[m](sim[i], obs[i]) for m in metrics}
         row["n_obs"] = int(np.isfinite(obs[i]).sum())
         row["n_missing"] = int((~np.isfinite(np.asarray(obs[i], dtype=np.float64))).sum())
         rows.append(row)
