@@ -61,22 +61,24 @@ def _evaluate(argv):
                                 "test period and recompute its metrics (written to RUN_DIR/evaluation).")
     p.add_argument("run_dir")
     args = p.parse_args(argv)
-    if (Path(args.run_dir) / "pub.json").exists():
+    run_dir = Path(args.run_dir)
+    if (run_dir / "pub.json").exists():
         from .evaluate import evaluate_pub
 
-        evaluate_pub(args.run_dir)
+        evaluate_pub(run_dir)
         return
-    import yaml
+    from .rundir import check_finished_run, run_lock
 
-    config_path = Path(args.run_dir) / "config.yaml"
-    if config_path.exists() and (yaml.safe_load(config_path.read_text()) or {}).get("calibrate"):
+    config = check_finished_run(run_dir)  # refuses an unfinished or inconsistent run directory
+    if config.get("calibrate"):
         from .calibrate.runner import evaluate_calibration
 
-        evaluate_calibration(args.run_dir)
+        with run_lock(run_dir):
+            evaluate_calibration(run_dir)
         return
     from .evaluate import evaluate_run
 
-    evaluate_run(args.run_dir)
+    evaluate_run(run_dir)
 
 
 def _data(argv):
@@ -94,15 +96,58 @@ def _data(argv):
     print(f"wrote {args.out}: {ds.sizes['basin']} basins x {ds.sizes['time']} days")
 
 
+def _user_errors(prog: str, fn, argv) -> None:
+    """Run a subcommand; a user error (bad path, bad data, an inconsistent run directory) ends
+    with its message on stderr and exit status 1, not a traceback (``DPLJAX_TRACEBACK=1``
+    shows it)."""
+    import os
+
+    try:
+        fn(argv)
+    except (ValueError, OSError, FloatingPointError) as e:
+        if os.environ.get("DPLJAX_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _lock_before_hydra(argv: list[str]) -> list[str]:
+    """With ``hydra.run.dir=DIR`` given, take DIR's lock before Hydra writes its own files
+    there (``.hydra/``, the log), so that a second command on a directory in use writes
+    nothing; in a directory that already holds a run, Hydra's files of the first start are
+    kept as they are (its log goes to the terminal). Returns the arguments for Hydra."""
+    if any(a.startswith("-") for a in argv):  # --multirun, --help, --cfg ...: Hydra's business
+        return argv
+    dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if len(dirs) != 1 or "${" in dirs[0] or not dirs[0]:
+        return argv
+    import atexit
+
+    from .rundir import RunDirLocked, acquire, release
+
+    run_dir = Path(dirs[0])
+    existing = (run_dir / "config.yaml").exists()
+    try:
+        acquire(run_dir)
+    except RunDirLocked as e:
+        print(f"dpljax: error: RunDirLocked: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    atexit.register(release, run_dir)
+    if existing:
+        argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return argv
+
+
 def main(argv=None) -> None:
     """Console entry point (its return value becomes the exit status: always None here)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "evaluate":
-        _evaluate(argv[1:])
+        _user_errors("dpljax evaluate", _evaluate, argv[1:])
         return
     if argv and argv[0] == "data":
-        _data(argv[1:])
+        _user_errors("dpljax data", _data, argv[1:])
         return
+    argv = _lock_before_hydra(argv)
     sys.argv = [sys.argv[0]] + argv
     _hydra_entry()
 

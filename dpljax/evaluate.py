@@ -143,7 +143,7 @@ def nse_cdf(path: str | Path, table: pd.DataFrame, title: str = "test") -> Path:
 # ------------------------------------------------------------ an experiment's periods
 def _median_nse(exp: Experiment, graphdef, state, arrays, basins, skip) -> float:
     q = predict(exp.dpl, graphdef, state, arrays)
-    return float(np.nanmedian(score(q, np.asarray(arrays.obs), basins, skip)["nse"]))
+    return _nanstat(np.median, score(q, np.asarray(arrays.obs), basins, skip)["nse"].values)
 
 
 def period_arrays(exp: Experiment, ds, norm: Normalizer, period):
@@ -153,12 +153,32 @@ def period_arrays(exp: Experiment, ds, norm: Normalizer, period):
     return arrays, times, skip
 
 
+class DivergedError(FloatingPointError):
+    """A model's predictions are not finite (on finite, validated forcing): it diverged."""
+
+
+def check_outputs(q: np.ndarray, basins, times=None) -> None:
+    """Raise :class:`DivergedError` unless every prediction in ``q (N, T)`` is finite.
+
+    The forcing was validated finite, so a NaN or inf here means the model itself is broken
+    (e.g. weights that overflowed in training); such a model is never scored or saved."""
+    bad = ~np.isfinite(q)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad.any(axis=1))
+    names = ", ".join(str(basins[i]) for i in rows[:5]) + (f" (+{len(rows) - 5} more)" if len(rows) > 5 else "")
+    raise DivergedError(f"the model's predictions are NaN or inf for {len(rows)} of {len(basins)} basins "
+                        f"({100.0 * bad.mean():.1f} % of basin-days; basins {names})")
+
+
 def evaluate_period(exp: Experiment, ds, norm: Normalizer, graphdef, state, period, out_dir: Path,
                     name: str = "test", write: bool = True):
-    """Predict ``period`` (after its warm-up) and write metrics, predictions and figures."""
+    """Predict ``period`` (after its warm-up) and write metrics, predictions and figures.
+    Predictions that are not finite raise :class:`DivergedError` before anything is written."""
     arrays, times, skip = period_arrays(exp, ds, norm, period)
     basins = ds["basin"].values.tolist()
     q = predict(exp.dpl, graphdef, state, arrays)
+    check_outputs(q, basins)
     obs = np.asarray(arrays.obs)
     table = score(q, obs, basins, skip)
     if write:
@@ -179,17 +199,48 @@ def load_test_data(exp: Experiment, ds=None, log=print):
     return test_ds
 
 
+def _nanstat(fn, v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(fn(v)) if len(v) else float("nan")
+
+
 def summarise(table, **extra) -> dict:
-    nse, kge = table["nse"].values, table["kge"].values
-    return {"median_nse": float(np.nanmedian(nse)), "mean_nse": float(np.nanmean(nse)),
-            "median_kge": float(np.nanmedian(kge)), "mean_kge": float(np.nanmean(kge)),
-            "n_basins": int(len(table)), "n_obs_scored": int(table["n_obs"].sum()), **extra}
+    """Medians and means of NSE and KGE over the basins where they are defined (a basin with
+    fewer than two observations or observations of zero variance has none), with the number
+    of basins each is over (``n_basins_nse``, ``n_basins_kge``) beside ``n_basins``.
+    Undefined values are NaN here and ``null`` in ``summary.json``."""
+    nse = table["nse"].values.astype(np.float64)
+    kge = table["kge"].values.astype(np.float64)
+    return {"median_nse": _nanstat(np.median, nse), "mean_nse": _nanstat(np.mean, nse),
+            "median_kge": _nanstat(np.median, kge), "mean_kge": _nanstat(np.mean, kge),
+            "n_basins": int(len(table)), "n_basins_nse": int(np.isfinite(nse).sum()),
+            "n_basins_kge": int(np.isfinite(kge).sum()),
+            "n_obs_scored": int(table["n_obs"].sum()), **extra}
+
+
+def median_line(summary: dict, what: str = "test") -> str:
+    """``median test NSE: 0.6123`` (with the number of basins it is over when some have none)."""
+    m, n, k = summary.get("median_nse"), summary.get("n_basins", 0), summary.get("n_basins_nse")
+    k = n if k is None else k
+    if m is None or not np.isfinite(m):
+        return (f"median {what} NSE: undefined: no basin of {n} has a defined NSE (each needs at least two "
+                "observations that are not all equal in the period)")
+    if k < n:
+        return (f"median {what} NSE: {m:.4f} (over {k} of {n} basins; NSE is undefined for {n - k}: "
+                "fewer than two observations, or all equal)")
+    return f"median {what} NSE: {m:.4f}"
 
 
 def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
-    """Re-run a saved model on its test period and recompute its metrics from scratch."""
+    """Re-run a saved model on its test period and recompute its metrics from scratch.
+
+    The run directory is locked while it is written to, and refused (with
+    :class:`~dpljax.rundir.RunDirError` naming the problem) when its files disagree: an
+    unfinished run, missing or corrupt weights, an edited ``config.yaml``."""
+    from .rundir import check_finished_run, run_lock
+
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = check_finished_run(run_dir)
     from .experiment import build
 
     exp = build(config)
@@ -198,27 +249,46 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
     n_dyn, n_static = len(norm.dynamic), len(norm.static)
     net = exp.make_net(n_dyn, n_static)
     graphdef, like = nnx.split(net)
-    state, _ = load_checkpoint(run_dir / "weights.npz", like)
-    out = run_dir / "evaluation" if write else run_dir
-    out.mkdir(exist_ok=True)
-    table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, out, write=write)
-    summary = summarise(table)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"median test NSE: {summary['median_nse']:.4f}")
+    try:
+        state, _ = load_checkpoint(run_dir / "weights.npz", like)
+    except ValueError as e:
+        from .rundir import RunDirError
+
+        raise RunDirError(f"{e}; does config.yaml still describe the network the run trained?") from None
+    with run_lock(run_dir):
+        out = run_dir / "evaluation" if write else run_dir
+        out.mkdir(exist_ok=True)
+        table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, out, write=write)
+        summary = summarise(table)
+        if write:
+            from .rundir import write_json
+
+            write_json(out / "summary.json", summary)
+    log(median_line(summary))
     return summary
 
 
 def evaluate_pub(run_dir: str | Path, log=print) -> dict:
     """Re-run every fold's saved model on its held-out basins and pool the metrics again."""
-    run_dir = Path(run_dir)
-    spec = json.loads((run_dir / "pub.json").read_text())["spec"]
-    out = run_dir / "evaluation"
-    out.mkdir(exist_ok=True)
-    tables = []
-    for k in range(spec["n_folds"]):
-        evaluate_run(run_dir / f"fold_{k}", log=lambda *a: None)
-        tables.append(pd.read_csv(run_dir / f"fold_{k}" / "evaluation" / "metrics_test.csv",
-                                  index_col=0, dtype={"basin": str}))
-    from .pub import _pool
+    from .rundir import RunDirError, run_lock
 
-    return _pool(out, tables, {"n_folds": spec["n_folds"]}, log)
+    run_dir = Path(run_dir)
+    try:
+        spec = json.loads((run_dir / "pub.json").read_text())["spec"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{run_dir}/pub.json cannot be read ({type(e).__name__}: {e}): restore the "
+                          "file the cross-validation wrote") from None
+    if not (run_dir / "summary.json").exists():
+        raise RunDirError(f"{run_dir} holds a PUB cross-validation that never finished (no summary.json); "
+                          "continue it by running the same command with the same hydra.run.dir")
+    with run_lock(run_dir):
+        out = run_dir / "evaluation"
+        out.mkdir(exist_ok=True)
+        tables = []
+        for k in range(spec["n_folds"]):
+            evaluate_run(run_dir / f"fold_{k}", log=lambda *a: None)
+            tables.append(pd.read_csv(run_dir / f"fold_{k}" / "evaluation" / "metrics_test.csv",
+                                      index_col=0, dtype={"basin": str}))
+        from .pub import _pool
+
+        return _pool(out, tables, {"n_folds": spec["n_folds"]}, log)

@@ -40,6 +40,7 @@ from .checkpoint import read_training_meta, save_checkpoint
 from .config import (ConfigError, ModelSection, NamedSection, OptimSection, check_options,
                      dataclass_section, lookup, section)
 from .resume import ResumeError, differences, experiment_view, flat
+from .rundir import check_new_start, run_lock, write_json
 from .train import TrainConfig, fit
 
 SECTIONS = ("model", "net", "loss", "optim", "data", "train")
@@ -222,10 +223,17 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
 
     With ``train.resume=true`` a run directory holding ``checkpoints/last.npz`` is continued
     from it (same config and data, checked); without it such a directory is refused rather
-    than overwritten.
+    than overwritten. The run directory is locked (:mod:`dpljax.rundir`) while the run
+    writes into it, and every check (config, data, test basins, resume) comes before the
+    first file is written: a refused run leaves the directory as it was.
     """
     run_dir = Path(run_dir)
     exp = build(config)  # every config error surfaces here, before data or compute
+    with run_lock(run_dir):
+        return _run_locked(exp, config, run_dir, log)
+
+
+def _run_locked(exp: Experiment, config: dict, run_dir: Path, log) -> dict:
     last = run_dir / "checkpoints" / "last.npz"
     old = None
     if last.exists():
@@ -236,14 +244,14 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
         diffs = differences(old, exp.train, {"experiment": experiment_view(exp)})
         if diffs:
             raise ResumeError(f"cannot resume from {last}: " + "; ".join(diffs))
-    elif exp.train.resume:
-        log(f"train.resume=true, but {last} does not exist: starting a new run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    info = write_run_info(run_dir, resumed=None if old is None else {"from_step": old.step})
+    else:
+        check_new_start(run_dir, config, last)
+        if exp.train.resume:
+            log(f"train.resume=true, but {last} does not exist: starting a new run")
     ds, report = load_with_report(exp.data, log=log, forcing=exp.dpl.model.forcing)
     basins = ds["basin"].values.tolist()
     check_against_data(exp, ds, report)
+    test_ds = E.load_test_data(exp, ds, log)  # test basins checked now, not after training
     norm = fit_normalizer(exp.data, ds)
     norm_d = json.loads(json.dumps(asdict(norm)))
     old_norm = old.extra.get("normalizer") if old is not None else None
@@ -254,8 +262,20 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
         norm = Normalizer(dynamic={k: tuple(v) for k, v in old_norm["dynamic"].items()},
                           static={k: tuple(v) for k, v in old_norm["static"].items()},
                           categories=old_norm.get("categories", {}))
-    norm.to_json(run_dir / "normalizer.json")
     train_arrays, _ = prepare(exp.data, ds, norm, *exp.data.train, forcing=exp.dpl.model.forcing)
+    fingerprint = _fingerprint(train_arrays)
+    old_fp = old.extra.get("data_fingerprint") if old is not None else None
+    if old_fp is not None and old_fp != fingerprint:
+        raise ResumeError(f"cannot resume from {last}: the training data differ from those the run was "
+                          f"trained on (data fingerprint {old_fp[:12]}... in the checkpoint, {fingerprint[:12]}... "
+                          f"now, from data.source={exp.data.source!r}: forcing, attributes or streamflow of the "
+                          "training basins and period changed); resume with the original data, or start a new "
+                          "run directory")
+    # Every check has passed: from here on the run writes into its directory.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    info = write_run_info(run_dir, resumed=None if old is None else {"from_step": old.step})
+    norm.to_json(run_dir / "normalizer.json")
     train_missing = np.isnan(np.asarray(train_arrays.obs)).sum(axis=1)
     n_masked = int(train_missing.sum())
     log(f"data: {len(basins)} basins; train {exp.data.train[0]}..{exp.data.train[1]} "
@@ -268,8 +288,8 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
             for b, n in test_missing.items():  # test basins may differ (PUB)
                 per_basin.setdefault(str(b), {})["test_obs_masked"] = int(n)
         masked = {"train": n_masked, **({"test": int(test_missing.sum())} if test_missing is not None else {})}
-        (run_dir / "data_report.json").write_text(json.dumps(
-            {**report.to_dict(), "observations_masked": masked, "per_basin": per_basin}, indent=1))
+        write_json(run_dir / "data_report.json",
+                   {**report.to_dict(), "observations_masked": masked, "per_basin": per_basin})
 
     data_report()  # written now, so that a run that dies in training has it too
     net = exp.make_net(train_arrays.x_dynamic.shape[-1], train_arrays.x_static.shape[-1])
@@ -278,15 +298,23 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
     if exp.data.valid is not None:
         v_arrays, _, v_skip = E.period_arrays(exp, ds, norm, exp.data.valid)
         validate = lambda state: E._median_nse(exp, graphdef, state, v_arrays, basins, v_skip)
-    meta = {"experiment": experiment_view(exp), "normalizer": norm_d,
-            "data_fingerprint": _fingerprint(train_arrays)}
+    meta = {"experiment": experiment_view(exp), "normalizer": norm_d, "data_fingerprint": fingerprint}
     result = fit(exp.dpl, net, exp.tx, exp.loss, train_arrays, exp.train, run_dir=run_dir,
                  validate=validate, basins=basins, log=log, meta=meta)
-    (run_dir / "train_log.json").write_text(json.dumps(result.history, indent=1))
+    write_json(run_dir / "train_log.json", result.history)
     state = result.best_theta if result.best_theta is not None else result.state.theta
-    save_checkpoint(run_dir / "weights.npz", state, {"step": result.step,
+    try:  # the model's outputs are checked before anything of it is written
+        table = E.evaluate_period(exp, test_ds, norm, graphdef, state, exp.data.test, run_dir)
+    except E.DivergedError as e:
+        n_ok = result.step - result.skipped_steps
+        raise E.DivergedError(
+            f"training diverged: {e}. Of {result.step} training steps {result.skipped_steps} were skipped "
+            f"for a non-finite loss, gradient or update ({n_ok} applied). Nothing was written as a result: "
+            f"no weights.npz, metrics or summary.json (the last state is in {last}). Lower "
+            f"optim.learning_rate (now {exp.config['optim'].get('learning_rate')!r}) or set "
+            "train.clip_grad_norm, and train again in a new run directory") from None
+    save_checkpoint(run_dir / "weights.npz", state, {"step": result.step, "config": config,
                                                      "which": "best" if result.best_theta is not None else "last"})
-    table = E.evaluate_period(exp, E.load_test_data(exp, ds, log), norm, graphdef, state, exp.data.test, run_dir)
     test_missing = table["n_missing"].astype(int)
     log(f"test: {int(test_missing.sum())} missing observations masked")
     if result.skipped_steps:
@@ -301,6 +329,6 @@ def run_experiment(config: dict, run_dir: str | Path, log=print) -> dict:
                         data_warnings={k: {"basins": len(w["basins"]), "cells": w["cells"]}
                                        for k, w in report.warnings.items()},
                         git_commit=info["git_commit"])
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"median test NSE: {summary['median_nse']:.4f}")
+    write_json(run_dir / "summary.json", summary)
+    log(E.median_line(summary))
     return summary

@@ -22,6 +22,7 @@ from .data.dataset import open_source, select_basins
 from .evaluate import summarise
 from .experiment import run_experiment, write_run_info
 from .resume import check_pub_config
+from .rundir import run_lock, write_json
 
 
 def folds(basins, n_folds: int = 10, seed: int = 0) -> list[list[str]]:
@@ -52,16 +53,21 @@ def _pool(run_dir: Path, tables: list[pd.DataFrame], extra: dict, log) -> dict:
     table = pd.concat(tables).sort_index()
     table.to_csv(run_dir / "metrics_test.csv", float_format="%.6f")
     summary = summarise(table, **extra)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(run_dir / "summary.json", summary)
     E.nse_cdf(run_dir / "figures" / "nse_cdf.png", table, "PUB, pooled held-out basins")
-    log(f"median test NSE: {summary['median_nse']:.4f}")
+    log(E.median_line(summary))
     return summary
 
 
 def run_pub(config: dict, run_dir: str | Path, n_folds: int = 10, seed: int = 0, log=print) -> dict:
-    """Run (or continue) a ``n_folds``-fold PUB cross-validation in ``run_dir``."""
+    """Run (or continue) a ``n_folds``-fold PUB cross-validation in ``run_dir`` (locked while
+    it runs: see :mod:`dpljax.rundir`)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_pub(config, run_dir, n_folds, seed, log)
+
+
+def _run_pub(config: dict, run_dir: Path, n_folds: int, seed: int, log) -> dict:
     spec = {"n_folds": n_folds, "seed": seed}
     spec_path = run_dir / "pub.json"
     continued = spec_path.exists()

@@ -41,6 +41,7 @@ from ..data.dataset import fit_normalizer, load_with_report, prepare
 from ..data.normalize import Normalizer
 from ..experiment import SECTIONS, build, write_run_info
 from ..resume import changes
+from ..rundir import run_lock, write_json
 from .methods import METHODS, BasinData
 from .problem import Problem
 
@@ -143,7 +144,13 @@ class _Progress:
 
 
 def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
-    """Calibrate every basin, then score the test period; everything lands in ``run_dir``."""
+    """Calibrate every basin, then score the test period; everything lands in ``run_dir``
+    (locked while the calibration runs: see :mod:`dpljax.rundir`)."""
+    with run_lock(run_dir):
+        return _run_calibration(config, run_dir, log)
+
+
+def _run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
     run_dir = Path(run_dir)
     config = copy.deepcopy(config)
     method, n_seeds = build_method(config.get("calibrate"))
@@ -228,7 +235,7 @@ def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
                           median_train_loss=float(np.median(table["objective"])),
                           n_excluded=len(report.excluded), excluded_basins=report.excluded,
                           git_commit=info["git_commit"])
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(run_dir / "summary.json", summary)
     log(f"median test NSE: {summary['median_nse']:.4f}")
     return summary
 
@@ -291,7 +298,7 @@ def evaluate_calibration(run_dir: str | Path, *, exp=None, problem=None, norm=No
         E.figures(out / "figures", q[:, skip:], obs[:, skip:], basins, times[skip:], table)
         if out != run_dir:
             summary = E.summarise(table)
-            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_json(out / "summary.json", summary)
             log(f"median test NSE: {summary['median_nse']:.4f}")
     return table
 
