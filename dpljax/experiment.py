@@ -40,7 +40,7 @@ from .checkpoint import read_training_meta, save_checkpoint
 from .config import (ConfigError, ModelSection, NamedSection, OptimSection, check_options,
                      dataclass_section, lookup, section)
 from .resume import ResumeError, differences, experiment_view, flat
-from .rundir import check_new_start, run_lock, write_json
+from .rundir import check_new_start, checkpoint_meta, run_lock, write_json
 from .train import TrainConfig, fit
 
 SECTIONS = ("model", "net", "loss", "optim", "data", "train")
@@ -240,6 +240,7 @@ def _run_locked(exp: Experiment, config: dict, run_dir: Path, log) -> dict:
         if not exp.train.resume:
             raise ConfigError(f"{run_dir} already holds a training run ({last}); pass "
                               "train.resume=true to continue it, or choose a new run directory")
+        checkpoint_meta(last, "checkpoint")  # a truncated or corrupt checkpoint is named as such
         old = read_training_meta(last)
         diffs = differences(old, exp.train, {"experiment": experiment_view(exp)})
         if diffs:

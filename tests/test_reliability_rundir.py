@@ -364,9 +364,23 @@ def test_committed_runs_pass_the_consistency_check():
 
     weights = ROOT / "benchmarks" / "weights"
     runs = [p for p in weights.iterdir() if (p / "config.yaml").exists() and not (p / "pub.json").exists()]
-    assert runs
+    runs += [f for p in weights.iterdir() if (p / "pub.json").exists() for f in sorted(p.glob("fold_*"))]
+    assert len(runs) > 10
     for p in runs:
         check_finished_run(p)
+
+
+def test_a_truncated_checkpoint_is_named_on_resume(finished, tmp_path):
+    from dpljax.experiment import run_experiment
+    from dpljax.rundir import RunDirError
+
+    run = copy_run(finished[0], tmp_path / "run")
+    last = run / "checkpoints" / "last.npz"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = snapshot(run)
+    with pytest.raises(RunDirError, match=r"last.npz cannot be read: the checkpoint file is truncated or corrupt"):
+        run_experiment(dict(finished[1], train=dict(finished[1]["train"], resume=True)), run, log=QUIET)
+    assert snapshot(run) == before
 
 
 # ------------------------------------------------------------------- attributes
