@@ -363,8 +363,9 @@ class Run:
         return entry
 
     def offer_best(self, score: float, step: int, theta) -> None:
-        """Keep ``theta`` (and write ``best.npz``) if ``score`` beats the best so far."""
-        if score <= (-math.inf if self.record.best_score is None else self.record.best_score):
+        """Keep ``theta`` (and write ``best.npz``) if ``score`` beats the best so far (an
+        undefined score, NaN, never does)."""
+        if not score > (-math.inf if self.record.best_score is None else self.record.best_score):
             return
         # A copy: the train step donates (and may overwrite) the state's buffers.
         self.best_theta = jax.tree.map(jnp.copy, theta)

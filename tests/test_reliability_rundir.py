@@ -499,3 +499,17 @@ def test_evaluate_and_data_commands_end_in_a_message_not_a_traceback(finished, t
 
         assert re.search(regex, r.stderr), (args, r.stderr)
         assert r.stderr.startswith(f"dpljax {args[0]}: error: "), r.stderr
+
+
+def test_an_undefined_validation_score_never_becomes_the_best():
+    from types import SimpleNamespace
+
+    from dpljax.checkpoint import RunRecord
+    from dpljax.train import Run
+
+    run = SimpleNamespace(record=RunRecord(), best_theta=None, dir=None)
+    Run.offer_best(run, float("nan"), 5, {"w": np.zeros(2)})
+    assert run.best_theta is None and run.record.best_score is None
+    Run.offer_best(run, 0.3, 10, {"w": np.ones(2)})
+    Run.offer_best(run, float("nan"), 15, {"w": np.zeros(2)})
+    assert run.record.best_step == 10 and run.record.best_score == 0.3
