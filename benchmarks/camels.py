@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WEIGHTS = HERE / "weights"
 KEEP = ("config.yaml", "normalizer.json", "weights.npz", "summary.json", "run_info.json", "pub.json")
+KEEP_DIRS = ("calibration.zarr",)  # a calibration's parameters: what `dpljax evaluate` re-runs
 
 
 def _copy_run(src: Path, dst: Path) -> None:
@@ -32,6 +33,10 @@ def _copy_run(src: Path, dst: Path) -> None:
     for name in KEEP:
         if (src / name).exists():
             shutil.copy2(src / name, dst / name)
+    for name in KEEP_DIRS:
+        if (src / name).is_dir():
+            shutil.rmtree(dst / name, ignore_errors=True)
+            shutil.copytree(src / name, dst / name)
     for fold in sorted(src.glob("fold_*")):
         _copy_run(fold, dst / fold.name)
 
@@ -61,7 +66,7 @@ def record(run_dir: str | Path, name: str, note: str | None = None) -> dict:
         "median_nse": summary["median_nse"], "mean_nse": summary["mean_nse"],
         "median_kge": summary["median_kge"], "mean_kge": summary["mean_kge"],
         "n_basins": summary["n_basins"],
-        "train_wall_time_s": summary.get("train_wall_time_s"),
+        "train_wall_time_s": summary.get("train_wall_time_s", summary.get("calibration_wall_time_s")),
         "steps": summary.get("steps"),
         "per_basin_nse": {b: (None if np.isnan(v) else round(float(v), 6)) for b, v in table["nse"].items()},
         "machine": f"{_cpu()}, {info.get('machine', '')}",
@@ -71,10 +76,28 @@ def record(run_dir: str | Path, name: str, note: str | None = None) -> dict:
         "resumed": summary.get("resumed_from_step"),
         **({"note": note} if note else {}),
     }
+    if config.get("calibrate"):
+        out["calibration"] = _calibration_record(run_dir, summary)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     _copy_run(run_dir, WEIGHTS / name)
     return out
+
+
+def _calibration_record(run_dir: Path, summary: dict) -> dict:
+    """What a calibration run spent and why its basins stopped (from calibration.zarr)."""
+    import xarray as xr
+
+    keep = ("method", "options", "seeds", "calibration_wall_time_s", "n_evals_total",
+            "n_evals_per_basin_median", "evals_per_second", "median_train_loss")
+    rec = {k: summary[k] for k in keep if k in summary}
+    ds = xr.open_zarr(run_dir / "calibration.zarr")
+    ev = ds["n_evals"].values
+    rec["evals_per_basin"] = {"median": float(np.median(ev)), "min": int(ev.min()), "max": int(ev.max())}
+    if "stop_by_seed" in ds:
+        names, counts = np.unique(ds["stop_by_seed"].values.astype(str), return_counts=True)
+        rec["stop_reasons"] = {str(k): int(v) for k, v in zip(names, counts)}
+    return rec
 
 
 def check(name: str) -> float:
@@ -112,6 +135,7 @@ def figure(path: str | Path = RESULTS / "camels_nse_cdf.png") -> Path:
 ANCHORS = {  # published medians on the same splits (test NSE); first matching prefix wins
     "camels531_pub": "none on these folds (folds are our own seeded split)",
     "camels671_temporal": "dPL-HBV dynamic 0.732; LSTM 0.748 (Feng et al. 2022)",
+    "camels531_sceua": "calibrated HBV 0.676, SAC-SMA 0.603 (Kratzert et al. 2019)",
     "camels531": "dPL-HBV 0.73 (NSE), 0.73 (KGE)",
 }
 BEGIN, END = "<!-- camels:begin -->", "<!-- camels:end -->"
