@@ -4,7 +4,7 @@ A neural network learns the mapping from basin attributes (and optionally forcin
 parameters of a differentiable process model (HBV, GR4J, ...), trained through the model on many basins
 at once (Tsai et al. 2021, Nature Communications 12, 5988).
 """
-from . import data, losses, metrics, models, nets
+from . import data, losses, metrics, models, nets, surrogate
 from .dpl import DPL
 from .config import ConfigError
 from .evaluate import evaluate_run
@@ -21,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["DPL", "HBV", "Hydrology", "LOSSES", "LSTM", "MLP", "MODELS", "NETS", "ConfigError",
            "NSEBatch", "NetworkSource", "ProcessModel", "TableSource", "ParameterSpace", "RMSECombined", "TrainConfig", "build", "data",
-           "evaluate_run", "fit", "losses", "metrics", "models", "nets", "run_experiment", "run_hbv"]
+           "evaluate_run", "fit", "losses", "metrics", "models", "nets", "run_experiment", "run_hbv", "surrogate"]

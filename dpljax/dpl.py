@@ -27,7 +27,8 @@ from .params import ParameterSpace
 
 
 class Result(NamedTuple):
-    """What the chain returns: routed streamflow ``q (B, T)`` (mm/d), the component-averaged
+    """What the chain returns: routed streamflow ``q (B, T)`` (mm/d; the model's ``output``
+    flux when that is not runoff, e.g. a surrogate's soil moisture), the component-averaged
     fluxes (``(B, T)`` each), the final states ``(B, nmul, ...)``, and the physical
     parameters (``(B, nmul)`` or ``(B, T, nmul)``) and routing parameters ``(B,)``."""
 
@@ -54,7 +55,7 @@ class Hydrology:
         """``params[name]``: ``(B, nmul)`` or ``(B, T, nmul)``; ``forcing[name]``: ``(B, T)``
         raw forcing (the names of ``model.forcing``); ``routing_params[name]``: ``(B,)``."""
         fluxes, final = simulate_model(self.model, params, forcing, state)
-        q = fluxes.q
+        q = getattr(fluxes, self.model.output)  # runoff q, unless the model predicts another flux
         if self.routing is not None:
             q = self.routing(q, routing_params)
         return Result(q, fluxes, final, dict(params), dict(routing_params))

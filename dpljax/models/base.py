@@ -13,6 +13,11 @@ A process model in dpljax is *data plus one pure step*. It declares
   the stores), so that one water-balance test serves every model;
 - ``default_routing``: what routes its component-averaged runoff (``None``: the model routes
   itself, as GR4J's unit hydrographs do);
+- ``output``: the flux the chain returns as its prediction, what losses, evaluation and
+  calibration compare with the data's target (``"q"``, runoff, unless a model says otherwise:
+  a soil-moisture surrogate may predict surface soil moisture);
+- ``water_balance``: whether ``storage`` and ``net_inflow`` close a water balance (True; an
+  emulator of another model's outputs has no stores of its own and says False);
 - optionally its own adjoint, ``scan_adjoint(static, dynamic, forcing, state0)``.
 
 A model is a PyTree (:func:`register_model` registers it): options such as ``capillary``
@@ -104,6 +109,8 @@ class ProcessModel:
     forcing: tuple[str, ...]
     default_routing: Any = None
     adjoint: str = "autodiff"
+    output: str = "q"
+    water_balance: bool = True
 
     @property
     def bounds(self) -> dict[str, tuple[float, float]]:  # pragma: no cover - abstract

@@ -1,0 +1,334 @@
+"""An LSTM emulator of a black box's outputs from its forcing and parameters.
+
+Per day the emulator reads ``x_t = [forcing_t (normalised), params_t (normalised)]`` and
+advances an LSTM cell; a linear head gives the outputs, normalised, which are then
+de-normalised. Forcing ``prcp`` (any name listed in :data:`LOG_FORCING`) goes first through
+``log10(sqrt(x) + 0.1)``; every forcing is then z-scored with the training data's statistics;
+a parameter ``p`` in ``[lo, hi]`` enters as ``2 (p - lo)/(hi - lo) - 1``; each output ``y`` is
+learned as ``(y - mean)/std``.
+
+The computation is written once, as pure functions of the weights (:func:`encode`,
+:func:`cell`, :func:`readout`), and used twice: by :class:`EmulatorLSTM` (a Flax NNX module,
+what :func:`train_emulator` trains, with the input projection of all days as one product and
+the project's LSTM recurrence, :func:`dpljax.nets.lstm.lstm_recurrence`) and by the frozen
+process model :class:`~dpljax.surrogate.Surrogate` (one day per protocol ``step``; the state
+is ``(h, c)``). Tests check that the two agree.
+
+An :class:`Emulator` is a :class:`EmulatorSpec` (names, bounds, normalisation, size; hashable,
+saved as JSON) plus its weights (saved as ``.npz``): :meth:`Emulator.save`, :func:`load_emulator`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ..nets.lstm import lstm_recurrence
+
+LOG_FORCING = ("prcp", "precipitation", "total_precipitation_sum")
+WEIGHT_NAMES = ("w_ih", "w_hh", "b", "w_out", "b_out")
+FORMAT = "dpljax-emulator/1"
+
+
+@dataclass(frozen=True)
+class EmulatorSpec:
+    """What an emulator reads and emits, and its normalisation (all tuples: hashable, so a
+    process model can hold it as static metadata)."""
+
+    param_names: tuple[str, ...]
+    bounds: tuple[tuple[float, float], ...]
+    forcing: tuple[str, ...]
+    outputs: tuple[str, ...]
+    forcing_log: tuple[bool, ...]
+    forcing_mean: tuple[float, ...]
+    forcing_std: tuple[float, ...]
+    out_mean: tuple[float, ...]
+    out_std: tuple[float, ...]
+    hidden: int
+    model_name: str = ""
+
+    @property
+    def n_in(self) -> int:
+        return len(self.forcing) + len(self.param_names)
+
+    @property
+    def bounds_dict(self) -> dict[str, tuple[float, float]]:
+        return dict(zip(self.param_names, self.bounds))
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "EmulatorSpec":
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not an emulator spec of format {FORMAT!r} (format {d.get('format')!r})")
+        kw = {k: v for k, v in d.items() if k != "format"}
+        kw["bounds"] = tuple(tuple(float(a) for a in b) for b in kw["bounds"])
+        for k in ("param_names", "forcing", "outputs"):
+            kw[k] = tuple(str(v) for v in kw[k])
+        kw["forcing_log"] = tuple(bool(v) for v in kw["forcing_log"])
+        for k in ("forcing_mean", "forcing_std", "out_mean", "out_std"):
+            kw[k] = tuple(float(v) for v in kw[k])
+        kw["hidden"] = int(kw["hidden"])
+        return cls(**kw)
+
+
+def make_spec(bounds: Mapping[str, tuple[float, float]], forcing_names, outputs, forcing: Mapping[str, Any],
+              out_values: Mapping[str, Any], hidden: int = 64, model_name: str = "") -> EmulatorSpec:
+    """A spec whose normalisation statistics come from training data: ``forcing[name]`` and
+    ``out_values[name]`` arrays of any shape (NaN ignored)."""
+    logs = tuple(n in LOG_FORCING for n in forcing_names)
+    fm, fs = [], []
+    for n, lg in zip(forcing_names, logs):
+        v = np.asarray(forcing[n], np.float64)
+        v = _log_sqrt_np(v) if lg else v
+        fm.append(float(np.nanmean(v)))
+        fs.append(float(np.nanstd(v)) or 1.0)
+    om = [float(np.nanmean(out_values[k])) for k in outputs]
+    os_ = [float(np.nanstd(out_values[k])) or 1.0 for k in outputs]
+    return EmulatorSpec(tuple(bounds), tuple((float(a), float(b)) for a, b in bounds.values()),
+                        tuple(forcing_names), tuple(outputs), logs, tuple(fm), tuple(fs), tuple(om), tuple(os_),
+                        int(hidden), model_name)
+
+
+def _log_sqrt_np(x):
+    return np.log10(np.sqrt(np.maximum(x, 0.0)) + 0.1)
+
+
+# ---------------------------------------------------------------- the computation, pure functions
+def encode(spec: EmulatorSpec, params, forcing):
+    """Normalised input ``(..., n_in)`` from ``params`` (a ``(..., P)`` array in
+    ``spec.param_names`` order) and ``forcing`` (``(..., F)`` in ``spec.forcing`` order)."""
+    dtype = jnp.result_type(params, forcing)
+    f = jnp.asarray(forcing, dtype)
+    logs = np.asarray(spec.forcing_log)
+    if logs.any():
+        fl = jnp.log10(jnp.sqrt(jnp.maximum(f, 0.0) + 1e-12) + 0.1)  # +1e-12: a finite gradient at 0
+        f = jnp.where(logs, fl, f)
+    f = (f - np.asarray(spec.forcing_mean)) / np.asarray(spec.forcing_std)
+    lo = np.array([b[0] for b in spec.bounds])
+    hi = np.array([b[1] for b in spec.bounds])
+    u = 2.0 * (jnp.asarray(params, dtype) - lo) / (hi - lo) - 1.0
+    return jnp.concatenate([f, u], -1).astype(dtype)
+
+
+def cell(w_hh, h, c, gx):
+    """One LSTM step (gate order i, f, g, o): ``gx`` is the input projection plus bias."""
+    n = h.shape[-1]
+    g = gx + h @ w_hh
+    i = jax.nn.sigmoid(g[..., :n])
+    f = jax.nn.sigmoid(g[..., n:2 * n])
+    gg = jnp.tanh(g[..., 2 * n:3 * n])
+    o = jax.nn.sigmoid(g[..., 3 * n:])
+    c = f * c + i * gg
+    return o * jnp.tanh(c), c
+
+
+def readout(spec: EmulatorSpec, w_out, b_out, h):
+    """De-normalised outputs ``(..., n_out)`` from the hidden state."""
+    return (h @ w_out + b_out) * np.asarray(spec.out_std) + np.asarray(spec.out_mean)
+
+
+def init_weights(spec: EmulatorSpec, key, dtype=jnp.float32) -> dict[str, jax.Array]:
+    """Random weights (LeCun-normal input, orthogonal recurrent, forget-gate bias 1)."""
+    h = spec.hidden
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"w_ih": nnx.initializers.lecun_normal()(k1, (spec.n_in, 4 * h), dtype),
+            "w_hh": nnx.initializers.orthogonal()(k2, (h, 4 * h), dtype),
+            "b": jnp.zeros((4 * h,), dtype).at[h:2 * h].set(1.0),
+            "w_out": nnx.initializers.lecun_normal()(k3, (h, len(spec.outputs)), dtype) * 0.1,
+            "b_out": jnp.zeros((len(spec.outputs),), dtype)}
+
+
+def forward(w: Mapping[str, Any], x):
+    """Normalised outputs ``(B, T, n_out)`` of inputs ``x (B, T, n_in)`` from zero state: the
+    input projection of every day as one product, then the recurrence of :func:`cell`."""
+    gx = jnp.swapaxes(x @ w["w_ih"] + w["b"], 0, 1)          # (T, B, 4H), time-major
+    _, hs = lstm_recurrence(gx, w["w_hh"])
+    return jnp.swapaxes(hs, 0, 1) @ w["w_out"] + w["b_out"]  # (B, T, n_out)
+
+
+class EmulatorLSTM(nnx.Module):
+    """The emulator as a Flax NNX module: ``x (B, T, n_in)`` (from :func:`encode`) ->
+    normalised outputs ``(B, T, n_out)``, from zero state."""
+
+    def __init__(self, spec: EmulatorSpec, *, rngs: nnx.Rngs, weights: Mapping[str, Any] | None = None):
+        w = init_weights(spec, rngs.params()) if weights is None else weights
+        for k in WEIGHT_NAMES:
+            setattr(self, k, nnx.Param(jnp.asarray(w[k])))
+
+    def __call__(self, x):
+        return forward({k: getattr(self, k)[...] for k in WEIGHT_NAMES}, x)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(getattr(self, k)[...]) for k in WEIGHT_NAMES}
+
+
+@dataclass(frozen=True, eq=False)
+class Emulator:
+    """A trained emulator: its spec and weights (NumPy)."""
+
+    spec: EmulatorSpec
+    weights: Mapping[str, np.ndarray]
+
+    def predict(self, x, forcing: Mapping[str, Any], chunk: int = 256) -> dict[str, np.ndarray]:
+        """Outputs ``{name: (N, T)}`` of parameter sets ``x (N, P)`` on ``forcing[name] (N, T)``,
+        from zero state (each run from its first day), in NumPy."""
+        x = np.asarray(x, np.float32)
+        f = np.stack([np.asarray(forcing[n], np.float32) for n in self.spec.forcing], -1)
+        fwd = _predict_fn(self.spec)
+        w = {k: jnp.asarray(v) for k, v in self.weights.items()}
+        parts = [np.asarray(fwd(w, x[i:i + chunk], f[i:i + chunk])) for i in range(0, len(x), chunk)]
+        y = np.concatenate(parts, 0)
+        return {k: y[..., j] for j, k in enumerate(self.spec.outputs)}
+
+    def save(self, path: str | Path) -> Path:
+        """``path/spec.json`` and ``path/weights.npz`` (written atomically)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / ".weights.tmp.npz"
+        np.savez(tmp, **{k: np.asarray(v) for k, v in self.weights.items()})
+        tmp.replace(path / "weights.npz")
+        tmpj = path / ".spec.tmp.json"
+        tmpj.write_text(json.dumps(self.spec.to_json(), indent=1))
+        tmpj.replace(path / "spec.json")
+        return path
+
+
+def load_emulator(path: str | Path) -> Emulator:
+    """The emulator saved by :meth:`Emulator.save` in ``path``."""
+    path = Path(path)
+    if not (path / "spec.json").exists() or not (path / "weights.npz").exists():
+        raise FileNotFoundError(f"{path} holds no emulator (spec.json and weights.npz expected)")
+    spec = EmulatorSpec.from_json(json.loads((path / "spec.json").read_text()))
+    with np.load(path / "weights.npz") as z:
+        w = {k: z[k] for k in WEIGHT_NAMES}
+    h, n_in, n_out = spec.hidden, spec.n_in, len(spec.outputs)
+    want = {"w_ih": (n_in, 4 * h), "w_hh": (h, 4 * h), "b": (4 * h,), "w_out": (h, n_out), "b_out": (n_out,)}
+    bad = [f"{k} {w[k].shape} (expected {s})" for k, s in want.items() if w[k].shape != s]
+    if bad:
+        raise ValueError(f"{path}: weights do not match spec.json: {', '.join(bad)}")
+    return Emulator(spec, w)
+
+
+@functools.lru_cache(maxsize=16)
+def _predict_fn(spec: EmulatorSpec):
+    @jax.jit
+    def fwd(w, x, f):
+        inp = encode(spec, jnp.broadcast_to(x[:, None, :], f.shape[:2] + x.shape[-1:]), f)
+        return forward(w, inp) * np.asarray(spec.out_std, np.float32) + np.asarray(spec.out_mean, np.float32)
+
+    return fwd
+
+
+# -------------------------------------------------------------------------------- training
+@dataclass
+class TrainData:
+    """Emulator training data: parameter sets ``x (N, P)``, each run's basin ``basin (N,)``,
+    the basins' forcing ``forcing[name] (B, T)`` and the black box's outputs ``y[name] (N, T)``."""
+
+    x: np.ndarray
+    basin: np.ndarray
+    forcing: dict
+    y: dict
+
+
+@dataclass
+class EmulatorFit:
+    emulator: Emulator
+    history: list
+    seconds: float
+    steps: int
+
+
+def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], forcing_names, outputs, *,
+                   hidden: int = 64, steps: int = 1000, batch: int = 32, learning_rate: float = 3e-3,
+                   window: int | None = None, warmup: int = 0, seed: int = 0, model_name: str = "",
+                   log: Callable | None = None, log_every: int = 100) -> EmulatorFit:
+    """Train an :class:`EmulatorLSTM` of ``outputs`` on ``data`` with Adam (cosine-decayed
+    learning rate, gradient norm clipped at 1): MSE of the normalised outputs, averaged over
+    outputs, after ``warmup`` days of each training sequence. ``window``: train on random
+    windows of that many days (each from zero state, so ``warmup`` should cover the model's
+    memory), ``None``: on whole runs. Runs with any NaN output (failed runs) are left out."""
+    t0 = time.perf_counter()
+    good = np.all([np.all(np.isfinite(data.y[k]), axis=1) for k in outputs], axis=0)
+    idx_all = np.flatnonzero(good)
+    if len(idx_all) == 0:
+        raise ValueError("no run without NaN outputs to train on")
+    used_basins = np.unique(data.basin[idx_all])
+    spec = make_spec(bounds, forcing_names, outputs, {n: data.forcing[n][used_basins] for n in forcing_names},
+                     {k: data.y[k][idx_all] for k in outputs}, hidden, model_name)
+    n_t = next(iter(data.y.values())).shape[1]
+    win = n_t if window is None else int(min(window, n_t))
+    if not 0 <= warmup < win:
+        raise ValueError(f"warmup ({warmup}) must be less than the training window ({win} days)")
+    f_all = jnp.asarray(np.stack([data.forcing[n] for n in forcing_names], -1), jnp.float32)        # (B, T, F)
+    x_all = jnp.asarray(data.x, jnp.float32)                                                         # (N, P)
+    y_all = jnp.asarray(np.stack([(data.y[k] - m) / s for k, m, s in zip(outputs, spec.out_mean, spec.out_std)],
+                                 -1), jnp.float32)                                                     # (N, T, O)
+    basin_all = jnp.asarray(data.basin, jnp.int32)
+    net = EmulatorLSTM(spec, rngs=nnx.Rngs(seed))
+    graphdef, theta = nnx.split(net)
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.05)))
+    opt_state = tx.init(theta)
+
+    def loss_fn(theta, runs, start):
+        fwin = jax.vmap(lambda b, s: jax.lax.dynamic_slice_in_dim(f_all[b], s, win, 0))(basin_all[runs], start)
+        ywin = jax.vmap(lambda r, s: jax.lax.dynamic_slice_in_dim(y_all[r], s, win, 0))(runs, start)
+        xin = encode(spec, jnp.broadcast_to(x_all[runs][:, None, :], (len(runs), win, x_all.shape[1])), fwin)
+        pred = nnx.merge(graphdef, theta)(xin)
+        return jnp.mean((pred[:, warmup:] - ywin[:, warmup:]) ** 2)
+
+    @jax.jit
+    def train_step(theta, opt_state, key):
+        k1, k2 = jax.random.split(key)
+        runs = jnp.asarray(idx_all)[jax.random.randint(k1, (batch,), 0, len(idx_all))]
+        start = jax.random.randint(k2, (batch,), 0, n_t - win + 1)
+        loss, g = jax.value_and_grad(loss_fn)(theta, runs, start)
+        upd, opt_state = tx.update(g, opt_state, theta)
+        return optax.apply_updates(theta, upd), opt_state, loss
+
+    key = jax.random.key(seed)
+    history, run_loss = [], []
+    for step in range(steps):
+        key, k = jax.random.split(key)
+        theta, opt_state, loss = train_step(theta, opt_state, k)
+        run_loss.append(loss)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            mean = float(np.mean(np.asarray(jnp.stack(run_loss))))
+            history.append({"step": step + 1, "loss": mean, "seconds": round(time.perf_counter() - t0, 2)})
+            run_loss = []
+            if log is not None:
+                log(f"emulator step {step + 1}/{steps}: normalised MSE {mean:.4f}")
+    w = nnx.merge(graphdef, theta).weights()
+    return EmulatorFit(Emulator(spec, w), history, time.perf_counter() - t0, steps)
+
+
+def emulator_errors(emulator: Emulator, data: TrainData, idx=None, *, warmup: int = 0) -> dict:
+    """Per output: RMSE of the emulator against the black box on runs ``idx`` after ``warmup``
+    days, the standard deviation of that output over those runs and days, and their ratio
+    (``nrmse``; 1 is the error of predicting the mean). Runs with NaN outputs are skipped."""
+    idx = np.arange(len(data.x)) if idx is None else np.asarray(idx)
+    spec = emulator.spec
+    good = np.all([np.all(np.isfinite(data.y[k][idx]), axis=1) for k in spec.outputs], axis=0)
+    idx = idx[good]
+    if len(idx) == 0:
+        return {"n_runs": 0}
+    pred = emulator.predict(data.x[idx], {n: data.forcing[n][data.basin[idx]] for n in spec.forcing})
+    out = {"n_runs": int(len(idx))}
+    for k in spec.outputs:
+        y, p = data.y[k][idx][:, warmup:], pred[k][:, warmup:]
+        rmse = float(np.sqrt(np.mean((p - y) ** 2)))
+        sd = float(np.std(y))
+        out[k] = {"rmse": rmse, "std": sd, "nrmse": rmse / sd if sd > 0 else float("nan")}
+    return out
