@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +56,7 @@ class SCEUA:
     chunk may end inside a loop (the checkpoint holds it). Options as
     :func:`~dpljax.calibrate.init`."""
 
+    independent_rows: ClassVar[bool] = True  # a row's search never reads another's
     max_evals: int = 10000
     n_complexes: int = 2
     kstop: int = 10

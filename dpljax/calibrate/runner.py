@@ -101,6 +101,22 @@ def _shard(tree, devices: int):
     return jax.device_put(tree, NamedSharding(basin_mesh(devices), PartitionSpec(AXIS)))
 
 
+def _row_parallel(method, problem: Problem, devices: int):
+    """``advance(data, state)``. A method whose rows are independent (``independent_rows``)
+    runs each device's rows as its own program (``shard_map``): a device's evaluation loop
+    then never waits for the other's at each round, as one program partitioned over the
+    devices would (a global loop condition, synchronised every round)."""
+    if devices <= 1 or not getattr(method, "independent_rows", False):
+        return lambda data, state: method.advance(problem, data, state)
+    from jax.sharding import PartitionSpec
+
+    from ..parallel import AXIS, basin_mesh
+
+    spec = PartitionSpec(AXIS)
+    return jax.jit(jax.shard_map(lambda d, s: method.advance(problem, d, s), mesh=basin_mesh(devices),
+                                 in_specs=(spec, spec), out_specs=spec, check_vma=False))
+
+
 def _keys(seed: int, basins, n_seeds: int, devices: int):
     keys = basin_keys(seed, basins, n_seeds)
     pad = -keys.shape[0] % devices
@@ -205,9 +221,10 @@ def _run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
     every = (exp.train.checkpoint_minutes or 10.0) * 60
     last_save = time.monotonic()
     bar = _Progress(exp.train.progress)
+    advance = _row_parallel(method, problem, devices)
     try:
         while not method.done(state).all():
-            state = method.advance(problem, data, state)
+            state = advance(data, state)
             chunk += 1
             bar.update(method.fraction(state), method.status(state), log)
             if time.monotonic() - last_save > every:
