@@ -253,7 +253,7 @@ def _run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
                           n_excluded=len(report.excluded), excluded_basins=report.excluded,
                           git_commit=info["git_commit"])
     write_json(run_dir / "summary.json", summary)
-    log(f"median test NSE: {summary['median_nse']:.4f}")
+    log(E.median_line(summary))
     return summary
 
 
@@ -316,7 +316,7 @@ def evaluate_calibration(run_dir: str | Path, *, exp=None, problem=None, norm=No
         if out != run_dir:
             summary = E.summarise(table)
             write_json(out / "summary.json", summary)
-            log(f"median test NSE: {summary['median_nse']:.4f}")
+            log(E.median_line(summary))
     return table
 
 
