@@ -17,10 +17,12 @@ from .emulator import (Emulator, EmulatorLSTM, EmulatorSpec, TrainData, emulator
                        train_emulator)
 from .model import Surrogate
 from .sampling import Design, latin_hypercube, make_design
+from .workflow import build_surrogate, error_report, fit_on_design, run_design
 
 #: The VIC-style model of :mod:`dpljax.surrogate.vic` as a (vectorised) black box.
 VIC = BlackBox(vic.vic, vic.BOUNDS, vic.OUTPUTS, vic.FORCING, name="dpljax.surrogate.vic", vectorized=True)
 
 __all__ = ["FAILURE_KINDS", "BlackBox", "BlackBoxError", "Design", "Emulator", "EmulatorLSTM", "EmulatorSpec",
            "Failure", "Runs", "Surrogate", "TrainData", "VIC", "emulator_errors", "latin_hypercube", "load_emulator",
-           "make_design", "run_blackbox", "train_emulator", "vic"]
+           "make_design", "run_blackbox", "train_emulator", "vic", "build_surrogate", "error_report", "fit_on_design",
+           "run_design"]

@@ -1,8 +1,9 @@
 """An LSTM emulator of a black box's outputs from its forcing and parameters.
 
 Per day the emulator reads ``x_t = [forcing_t (normalised), params_t (normalised)]`` and
-advances an LSTM cell; a linear head gives the outputs, normalised, which are then
-de-normalised. Forcing ``prcp`` (any name listed in :data:`LOG_FORCING`) goes first through
+advances an LSTM cell; a linear head on ``[h_t, x_t]`` gives the outputs, normalised, which
+are then de-normalised (the skip from ``x_t`` lets a flux answer the day's forcing at once,
+as runoff answers rain; it starts at zero). Forcing ``prcp`` (any name listed in :data:`LOG_FORCING`) goes first through
 ``log10(sqrt(x) + 0.1)``; every forcing is then z-scored with the training data's statistics;
 a parameter ``p`` in ``[lo, hi]`` enters as ``2 (p - lo)/(hi - lo) - 1``; each output ``y`` is
 learned as ``(y - mean)/std``.
@@ -35,7 +36,7 @@ from flax import nnx
 from ..nets.lstm import lstm_recurrence
 
 LOG_FORCING = ("prcp", "precipitation", "total_precipitation_sum")
-WEIGHT_NAMES = ("w_ih", "w_hh", "b", "w_out", "b_out")
+WEIGHT_NAMES = ("w_ih", "w_hh", "b", "w_out", "w_x", "b_out")
 FORMAT = "dpljax-emulator/1"
 
 
@@ -133,9 +134,10 @@ def cell(w_hh, h, c, gx):
     return o * jnp.tanh(c), c
 
 
-def readout(spec: EmulatorSpec, w_out, b_out, h):
-    """De-normalised outputs ``(..., n_out)`` from the hidden state."""
-    return (h @ w_out + b_out) * np.asarray(spec.out_std) + np.asarray(spec.out_mean)
+def readout(spec: EmulatorSpec, w_out, w_x, b_out, h, x):
+    """De-normalised outputs ``(..., n_out)`` from the hidden state ``h`` and the day's input
+    ``x`` (a linear skip: a flux such as runoff answers today's rain at once)."""
+    return (h @ w_out + x @ w_x + b_out) * np.asarray(spec.out_std) + np.asarray(spec.out_mean)
 
 
 def init_weights(spec: EmulatorSpec, key, dtype=jnp.float32) -> dict[str, jax.Array]:
@@ -146,6 +148,7 @@ def init_weights(spec: EmulatorSpec, key, dtype=jnp.float32) -> dict[str, jax.Ar
             "w_hh": nnx.initializers.orthogonal()(k2, (h, 4 * h), dtype),
             "b": jnp.zeros((4 * h,), dtype).at[h:2 * h].set(1.0),
             "w_out": nnx.initializers.lecun_normal()(k3, (h, len(spec.outputs)), dtype) * 0.1,
+            "w_x": jnp.zeros((spec.n_in, len(spec.outputs)), dtype),
             "b_out": jnp.zeros((len(spec.outputs),), dtype)}
 
 
@@ -154,7 +157,7 @@ def forward(w: Mapping[str, Any], x):
     input projection of every day as one product, then the recurrence of :func:`cell`."""
     gx = jnp.swapaxes(x @ w["w_ih"] + w["b"], 0, 1)          # (T, B, 4H), time-major
     _, hs = lstm_recurrence(gx, w["w_hh"])
-    return jnp.swapaxes(hs, 0, 1) @ w["w_out"] + w["b_out"]  # (B, T, n_out)
+    return jnp.swapaxes(hs, 0, 1) @ w["w_out"] + x @ w["w_x"] + w["b_out"]  # (B, T, n_out)
 
 
 class EmulatorLSTM(nnx.Module):
@@ -213,7 +216,8 @@ def load_emulator(path: str | Path) -> Emulator:
     with np.load(path / "weights.npz") as z:
         w = {k: z[k] for k in WEIGHT_NAMES}
     h, n_in, n_out = spec.hidden, spec.n_in, len(spec.outputs)
-    want = {"w_ih": (n_in, 4 * h), "w_hh": (h, 4 * h), "b": (4 * h,), "w_out": (h, n_out), "b_out": (n_out,)}
+    want = {"w_ih": (n_in, 4 * h), "w_hh": (h, 4 * h), "b": (4 * h,), "w_out": (h, n_out), "w_x": (n_in, n_out),
+            "b_out": (n_out,)}
     bad = [f"{k} {w[k].shape} (expected {s})" for k, s in want.items() if w[k].shape != s]
     if bad:
         raise ValueError(f"{path}: weights do not match spec.json: {', '.join(bad)}")

@@ -104,9 +104,9 @@ class Surrogate(ProcessModel):
         p = jnp.stack([jnp.asarray(params[n], dtype) for n in self.spec.param_names])
         f = jnp.stack([jnp.asarray(x[n], dtype) for n in self.spec.forcing])
         w = {k: getattr(self, k).astype(dtype) for k in WEIGHT_NAMES}
-        gx = encode(self.spec, p, f) @ w["w_ih"] + w["b"]
-        h, c = cell(w["w_hh"], state.h, state.c, gx)
-        y = readout(self.spec, w["w_out"], w["b_out"], h).astype(dtype)
+        xin = encode(self.spec, p, f)
+        h, c = cell(w["w_hh"], state.h, state.c, xin @ w["w_ih"] + w["b"])
+        y = readout(self.spec, w["w_out"], w["w_x"], w["b_out"], h, xin).astype(dtype)
         return SurrogateState(h, c), self.Fluxes(*(y[j] for j in range(len(self.spec.outputs))))
 
     def storage(self, state):
