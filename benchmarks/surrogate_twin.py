@@ -1,0 +1,530 @@
+"""The soil-moisture experiment of Tsai et al. (2021) as a twin: dPL through an LSTM surrogate
+of a black-box model against per-basin SCE-UA on the same surrogate (issue 13).
+
+    python -m benchmarks.surrogate_twin --sample      # the 8 embedded basins, a few minutes
+    python -m benchmarks.surrogate_twin               # all 671 CAMELS-US basins (hours)
+    python -m benchmarks.surrogate_twin --basins 64   # the first 64 of a fixed permutation
+    python -m benchmarks.surrogate_twin --only emulator --basins 64   # one kind of unit
+
+The black box is the VIC-style NumPy model of :mod:`dpljax.surrogate.vic` (9 parameters).
+SMAP is not available here, so the observations are synthetic:
+
+- **True parameters** are a fixed, non-linear function of standardised CAMELS attributes
+  (:func:`true_parameters`; ``z(a)`` = attribute ``a`` z-scored over the basins of the run,
+  NaN -> 0, ``s`` the logistic function; each ``u`` is mapped into the central 80 % of the
+  parameter's range, ``lo + (0.1 + 0.8 u)(hi - lo)``):
+  ``binf: s(0.8 z(slope_mean) - 0.6 z(frac_forest))``, ``w1max: s(0.9 z(soil_porosity) + 0.5 z(clay_frac))``,
+  ``w2max: s(z(max_water_content) + 0.4 z(lai_max))``,
+  ``w3max: s(z(soil_depth_statsgo) - 0.5 z(sand_frac) z(clay_frac))``,
+  ``ksat: s(z(soil_conductivity) + 0.6 z(sand_frac))``, ``dsmax: s(0.9 z(geol_permeability) + 0.4 z(slope_mean))``,
+  ``ds: s(-0.7 z(aridity))``, ``ws: s(0.6 z(elev_mean) - 0.4 z(aridity))``,
+  ``ddf: s(0.8 z(elev_mean) - 0.5 z(frac_forest))``.
+- **Truth**: the black box with the true parameters on each basin's Daymet forcing over
+  1998-10-01..2003-09-30 (from its initial state: soil half full, no snow).
+- **Observations** of surface soil moisture (``sm1``, mm): truth + Gaussian noise of standard
+  deviation ``NOISE`` x (standard deviation of ``sm1`` over all basins and days), kept on one
+  day every 2 or 3 days (intervals drawn at random per basin, as SMAP's revisits), NaN between.
+- **Training** on 1 year (2000-10-01..2001-09-30, after a 365-day warm-up) or 2 years
+  (1999-10-01..2001-09-30, after 365 days) of observations; **test** 2001-10-01..2003-09-30.
+
+Units (each writes its files under the work directory and is skipped once done, so a killed
+run continues where it stopped; the black-box runs are also cached per run):
+
+1. ``truth.npz``: true parameters, truth, observations.
+2. ``emulator/``: an LSTM emulator of ``sm1, sm3, et, q`` (:mod:`dpljax.surrogate`): a Latin
+   hypercube of ``sets`` parameter sets per basin on ``emu_basins`` basins (20 % of the sets
+   and 20 % of the basins held out), trained on random 730-day windows with the loss after 365
+   days; its error on held-out sets and basins (``report.json``).
+3. ``dpl/<fraction>_<years>y.json``: dPL (an MLP on the 12 attributes -> the 9 parameters,
+   Adam) trained through the frozen surrogate on the first ``round(f N)`` basins of a fixed
+   permutation, with the masked RMSE of ``sm1`` against the observations; its parameters then
+   run through the *black box* on every basin (trained ones and the rest) over the test period.
+4. ``sceua/<years>y.json``: per-basin SCE-UA on the surrogate (same loss and data), every basin,
+   then the black box with the calibrated parameters on the test period.
+5. ``sceua_bb/<years>y.json``: per-basin SCE-UA on the black box itself (through
+   ``jax.pure_callback``), on a subset of basins, for the surrogate's share of the error.
+6. The report: ``benchmarks/results/surrogate_twin[_<mode>].{json,md,png}``: test RMSE of
+   ``sm1`` (against the noise-free truth), ``et`` and ``sm3`` per method, fraction and data
+   length; parameter recovery (Pearson r of learned against true parameters, per parameter);
+   wall time and model evaluations of each method.
+
+Everything is evaluated with the black box: the surrogate only serves training and
+calibration, so its error is inside each method's test error, as in the paper.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+ATTRS = ("slope_mean", "frac_forest", "soil_porosity", "clay_frac", "soil_depth_statsgo", "max_water_content",
+         "sand_frac", "soil_conductivity", "geol_permeability", "aridity", "elev_mean", "lai_max")
+#: u_j = logistic(sum_k w z_k [+ interaction]) for each VIC parameter (module docstring).
+TRUTH = {
+    "binf": {"slope_mean": 0.8, "frac_forest": -0.6},
+    "w1max": {"soil_porosity": 0.9, "clay_frac": 0.5},
+    "w2max": {"max_water_content": 1.0, "lai_max": 0.4},
+    "w3max": {"soil_depth_statsgo": 1.0, ("sand_frac", "clay_frac"): -0.5},
+    "ksat": {"soil_conductivity": 1.0, "sand_frac": 0.6},
+    "dsmax": {"geol_permeability": 0.9, "slope_mean": 0.4},
+    "ds": {"aridity": -0.7},
+    "ws": {"elev_mean": 0.6, "aridity": -0.4},
+    "ddf": {"elev_mean": 0.8, "frac_forest": -0.5},
+}
+SPAN = ("1998-10-01", "2003-09-30")
+TRAIN = {1: ("1999-10-01", "2001-09-30"), 2: ("1998-10-01", "2001-09-30")}  # warm-up year + training years
+TEST = ("2001-10-01", "2003-09-30")
+WARMUP = 365
+NOISE = 0.1
+OUTPUTS = ("sm1", "sm3", "et", "q")
+FRACTIONS = ("1/16", "1/8", "1/4", "1/2", "1")
+
+MODES = {
+    # emulator: basins with LHS runs, sets per basin, hidden, steps, batch; dPL: steps, batch; SCE-UA
+    "sample": dict(emu_basins=8, sets=48, hidden=32, emu_steps=600, emu_batch=16, dpl_steps=150, dpl_batch=8,
+                   sce_evals=600, bb_basins=2, bb_evals=300, fractions=("1/4", "1/2", "1"), years=(1,)),
+    "full": dict(emu_basins=128, sets=64, hidden=64, emu_steps=4000, emu_batch=32, dpl_steps=1000, dpl_batch=64,
+                 sce_evals=3000, bb_basins=16, bb_evals=3000, fractions=FRACTIONS, years=(1, 2)),
+}
+
+
+# ------------------------------------------------------------------------------ data, truth
+def load_basins(args):
+    """Forcing over SPAN and attributes of the run's basins (a fixed permutation's first N)."""
+    import xarray as xr
+
+    from dpljax.data import load_sample
+
+    if args.sample:
+        ds = load_sample()
+    else:
+        ds = xr.open_zarr(args.zarr)
+        ids = np.sort(ds.basin.values.astype(str))
+        perm = ids[np.random.default_rng(0).permutation(len(ids))]
+        if args.basins:
+            perm = perm[:args.basins]
+        ds = ds.sel(basin=perm)
+    sub = ds.sel(time=slice(*SPAN))
+    forcing = {"prcp": sub["prcp"].values.astype(np.float64),
+               "tmean": ((sub["tmax"] + sub["tmin"]) / 2).values.astype(np.float64),
+               "pet": sub["pet"].values.astype(np.float64)}
+    attrs = np.stack([ds[a].values.astype(np.float64) for a in ATTRS], -1)
+    return ds.basin.values.astype(str), sub.time.values, forcing, attrs
+
+
+def zscore(a):
+    m, s = np.nanmean(a, 0), np.nanstd(a, 0)
+    z = (a - m) / np.where(s > 0, s, 1.0)
+    return np.where(np.isfinite(z), z, 0.0)
+
+
+def true_parameters(attrs) -> np.ndarray:
+    """``(N, 9)`` true VIC parameters of the basins (module docstring)."""
+    from dpljax.surrogate import vic
+
+    z = dict(zip(ATTRS, zscore(attrs).T))
+    cols = []
+    for name, (lo, hi) in vic.BOUNDS.items():
+        s = sum(w * (z[k[0]] * z[k[1]] if isinstance(k, tuple) else z[k]) for k, w in TRUTH[name].items())
+        u = 1.0 / (1.0 + np.exp(-s))
+        cols.append(lo + (0.1 + 0.8 * u) * (hi - lo))
+    return np.stack(cols, -1)
+
+
+def observation_mask(n_b, n_t, seed=0) -> np.ndarray:
+    """True on observed days: one every 2 or 3 days, a random start and random intervals."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((n_b, n_t), bool)
+    for b in range(n_b):
+        t = int(rng.integers(0, 3))
+        while t < n_t:
+            mask[b, t] = True
+            t += int(rng.integers(2, 4))
+    return mask
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _days(times, period):
+    t = times.astype("datetime64[D]")
+    return np.flatnonzero((t >= np.datetime64(period[0])) & (t <= np.datetime64(period[1])))
+
+
+# ------------------------------------------------------------------------------ units
+class Context:
+    def __init__(self, args):
+        self.args = args
+        self.mode = MODES["sample" if args.sample else "full"]
+        self.work = Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.basins, self.times, self.forcing, self.attrs = load_basins(args)
+        self.n = len(self.basins)
+
+    def log(self, msg):
+        print(f"[twin {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def unit_truth(ctx: Context):
+    path = ctx.work / "truth.npz"
+    if path.exists():
+        return dict(np.load(path, allow_pickle=False))
+    from dpljax.surrogate import VIC, run_blackbox
+
+    t0 = time.perf_counter()
+    p = true_parameters(ctx.attrs)
+    runs = run_blackbox(VIC, p, ctx.forcing).raise_on_failure()
+    truth = {k: runs.outputs[k] for k in OUTPUTS}
+    sd = float(np.std(truth["sm1"]))
+    rng = np.random.default_rng(1)
+    mask = observation_mask(ctx.n, len(ctx.times), seed=2)
+    obs = np.where(mask, truth["sm1"] + rng.normal(0.0, NOISE * sd, truth["sm1"].shape), np.nan)
+    out = {"params": p, "obs": obs, "noise_sd": np.float64(NOISE * sd), "basins": ctx.basins.astype("U8"),
+           "seconds": np.float64(time.perf_counter() - t0), **{f"true_{k}": v for k, v in truth.items()}}
+    np.savez(path, **out)
+    ctx.log(f"truth: {ctx.n} basins, sm1 sd {sd:.2f} mm, noise sd {NOISE * sd:.2f} mm, "
+            f"{mask.mean():.2f} of days observed")
+    return out
+
+
+def unit_emulator(ctx: Context):
+    out_dir = ctx.work / "emulator"
+    if (out_dir / "report.json").exists():
+        return json.loads((out_dir / "report.json").read_text())
+    from dpljax.surrogate import VIC, build_surrogate
+
+    m = ctx.mode
+    nb = min(m["emu_basins"], ctx.n)
+    f = {k: v[:nb] for k, v in ctx.forcing.items()}
+    rep = build_surrogate(VIC, f, out_dir, outputs=OUTPUTS, sets_per_basin=m["sets"], seed=0,
+                          run_kw={"cache_dir": ctx.work / "bb_cache", "n_workers": ctx.args.workers},
+                          train_kw={"hidden": m["hidden"], "steps": m["emu_steps"], "batch": m["emu_batch"],
+                                    "learning_rate": 1e-2, "window": 730, "warmup": WARMUP,
+                                    "log_every": max(m["emu_steps"] // 10, 1)},
+                          eval_warmup=WARMUP, log=ctx.log)
+    return rep
+
+
+def _surrogate_dpl(ctx):
+    from dpljax import DPL
+    from dpljax.surrogate import Surrogate
+
+    model = Surrogate(str(ctx.work / "emulator"), output="sm1")
+    return DPL.of(model, nmul=1, routing=False)
+
+
+def _black_box_scores(ctx, truth, params) -> dict:
+    """The black box with ``params (N, 9)`` on every basin; per-basin test RMSE of sm1, sm3, et."""
+    from dpljax.surrogate import VIC, run_blackbox
+
+    runs = run_blackbox(VIC, params, ctx.forcing)
+    test = _days(ctx.times, TEST)
+    res = {"n_failed": runs.n_failed}
+    for k in ("sm1", "sm3", "et"):
+        err = runs.outputs[k][:, test] - truth[f"true_{k}"][:, test]
+        res[f"rmse_{k}"] = np.sqrt(np.mean(err ** 2, axis=1)).tolist()
+    return res
+
+
+def _recovery(learned, true, idx) -> dict:
+    from dpljax.surrogate import vic
+
+    out = {}
+    for j, k in enumerate(vic.BOUNDS):
+        a, b = learned[idx, j], true[idx, j]
+        out[k] = float(np.corrcoef(a, b)[0, 1]) if len(idx) > 2 and np.std(a) > 0 and np.std(b) > 0 else float("nan")
+    return out
+
+
+def n_train(fraction: str, n: int) -> int:
+    from fractions import Fraction
+
+    return max(2, int(round(Fraction(fraction) * n)))
+
+
+def unit_dpl(ctx: Context, truth, fraction: str, years: int):
+    path = ctx.work / "dpl" / f"{fraction.replace('/', '_')}_{years}y.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from dpljax import MLP
+    from dpljax.losses import masked_rmse
+
+    dpl = _surrogate_dpl(ctx)
+    m = ctx.mode
+    k = n_train(fraction, ctx.n)
+    idx = np.arange(k)  # the basins are already in a fixed random order
+    days = _days(ctx.times, TRAIN[years])
+    z = zscore(ctx.attrs).astype(np.float32)
+    forcing = {n: jnp.asarray(v[:, days], jnp.float32) for n, v in ctx.forcing.items()}
+    obs = jnp.asarray(truth["obs"][:, days], jnp.float32)
+    batch = min(m["dpl_batch"], k)
+    net = MLP(0, z.shape[1], dpl.space.n_outputs, hidden=(64,), dropout=0.0, rngs=nnx.Rngs(0))
+    graphdef, theta = nnx.split(net)
+    tx = optax.adam(optax.cosine_decay_schedule(1e-2, m["dpl_steps"], alpha=0.1))
+    opt = tx.init(theta)
+    zj = jnp.asarray(z)
+    n_days = len(days)
+
+    def simulate(theta, rows):
+        raw = nnx.merge(graphdef, theta)(jnp.zeros((len(rows), n_days, 0), jnp.float32), zj[rows])
+        return dpl.from_raw(raw, {n: v[rows] for n, v in forcing.items()})
+
+    @jax.jit
+    def step(theta, opt, key):
+        rows = jax.random.choice(key, jnp.asarray(idx), (batch,), replace=False)
+
+        def loss(theta):
+            return masked_rmse(simulate(theta, rows).q[:, WARMUP:], obs[rows][:, WARMUP:])
+
+        v, g = jax.value_and_grad(loss)(theta)
+        upd, opt = tx.update(g, opt, theta)
+        return optax.apply_updates(theta, upd), opt, v
+
+    t0 = time.perf_counter()
+    key = jax.random.key(0)
+    hist = []
+    for s in range(m["dpl_steps"]):
+        key, kk = jax.random.split(key)
+        theta, opt, v = step(theta, opt, kk)
+        if (s + 1) % max(m["dpl_steps"] // 10, 1) == 0:
+            hist.append(float(v))
+    jax.block_until_ready(theta)
+    seconds = time.perf_counter() - t0
+    raw = nnx.merge(graphdef, theta)(jnp.zeros((ctx.n, 1, 0), jnp.float32), zj)
+    params, _ = dpl.space.to_physical(raw)
+    learned = np.stack([np.asarray(params[n])[:, 0] for n in dpl.space.bounds], -1).astype(np.float64)
+    scores = _black_box_scores(ctx, truth, learned)
+    res = {"method": "dpl", "fraction": fraction, "years": years, "n_train": int(k), "seconds": round(seconds, 2),
+           "model_evaluations": int(m["dpl_steps"] * batch), "loss_history": hist, "learned": learned.tolist(),
+           "trained": idx.tolist(), **scores,
+           "recovery_trained": _recovery(learned, truth["params"], idx),
+           "recovery_all": _recovery(learned, truth["params"], np.arange(ctx.n))}
+    _atomic_json(path, res)
+    ctx.log(f"dPL {fraction} {years}y: {k} basins, {seconds:.0f} s, median test RMSE sm1 "
+            f"{np.median(res['rmse_sm1']):.2f} mm (all basins)")
+    return res
+
+
+def _sceua(ctx, truth, years, fun_of, evals, rows, problem):
+    import jax
+    import jax.numpy as jnp
+
+    from dpljax.calibrate import sce_ua
+
+    days = _days(ctx.times, TRAIN[years])
+    lo, hi = (jnp.asarray(v, jnp.float32) for v in (problem.lower, problem.upper))
+    forcing = {n: jnp.asarray(v[rows][:, days], jnp.float32) for n, v in ctx.forcing.items()}
+    obs = jnp.asarray(truth["obs"][rows][:, days], jnp.float32)
+
+    def one(key, f, o):
+        return sce_ua(fun_of(f, o), lo, hi, key=key, max_evals=evals, n_complexes=2)
+
+    t0 = time.perf_counter()
+    keys = jax.random.split(jax.random.key(0), len(rows))
+    res = jax.jit(jax.vmap(one))(keys, forcing, obs)
+    x = np.asarray(res.x, np.float64)
+    return x, np.asarray(res.n_evals), time.perf_counter() - t0
+
+
+def unit_sceua(ctx: Context, truth, years: int):
+    path = ctx.work / "sceua" / f"{years}y.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import jax.numpy as jnp
+
+    from dpljax.calibrate import Problem
+    from dpljax.losses import RMSECombined
+
+    problem = Problem(_surrogate_dpl(ctx), RMSECombined(alpha=0.0), warmup=WARMUP)
+    fun_of = lambda f, o: (lambda x: problem.objective(x, f, o, jnp.float32(1.0)))
+    rows = np.arange(ctx.n)
+    x = np.zeros((ctx.n, problem.n))
+    evals = np.zeros(ctx.n, np.int64)
+    seconds = 0.0
+    chunk = 64
+    for i in range(0, ctx.n, chunk):
+        r = rows[i:i + chunk]
+        xr, er, s = _sceua(ctx, truth, years, fun_of, ctx.mode["sce_evals"], r, problem)
+        x[r], evals[r], seconds = xr, er, seconds + s
+        ctx.log(f"SCE-UA (surrogate) {years}y: basins {i}..{i + len(r) - 1} in {s:.0f} s")
+    scores = _black_box_scores(ctx, truth, x)
+    res = {"method": "sceua_surrogate", "years": years, "n_train": int(ctx.n), "seconds": round(seconds, 2),
+           "model_evaluations": int(evals.sum()), "learned": x.tolist(), **scores,
+           "recovery_all": _recovery(x, truth["params"], rows)}
+    _atomic_json(path, res)
+    ctx.log(f"SCE-UA (surrogate) {years}y: {seconds:.0f} s, median test RMSE sm1 {np.median(res['rmse_sm1']):.2f} mm")
+    return res
+
+
+def unit_sceua_bb(ctx: Context, truth, years: int):
+    """SCE-UA on the black box itself (NumPy, through jax.pure_callback) on a few basins."""
+    path = ctx.work / "sceua_bb" / f"{years}y.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import jax
+    import jax.numpy as jnp
+
+    from dpljax.calibrate import Problem
+    from dpljax.losses import masked_rmse
+    from dpljax.surrogate import vic
+
+    problem = Problem(_surrogate_dpl(ctx), None, warmup=WARMUP)  # only its box and names
+
+    def bb_sm1(x, f):
+        x, f = np.asarray(x, np.float64), {k: np.asarray(v, np.float64) for k, v in f.items()}
+        p = dict(zip(vic.BOUNDS, np.moveaxis(x, -1, 0)))
+        return vic.run(p, f)["sm1"].astype(np.float32)
+
+    def fun_of(f, o):
+        def fun(x):
+            shape = jax.ShapeDtypeStruct(o.shape, jnp.float32)
+            sim = jax.pure_callback(bb_sm1, shape, x, f, vmap_method="expand_dims")
+            return masked_rmse(sim[WARMUP:], o[WARMUP:])
+        return fun
+
+    rows = np.arange(min(ctx.mode["bb_basins"], ctx.n))
+    x, evals, seconds = _sceua(ctx, truth, years, fun_of, ctx.mode["bb_evals"], rows, problem)
+    full = np.array(truth["params"], np.float64)
+    full[rows] = x
+    scores = _black_box_scores(ctx, truth, full)
+    res = {"method": "sceua_blackbox", "years": years, "n_train": int(len(rows)), "rows": rows.tolist(),
+           "seconds": round(seconds, 2), "model_evaluations": int(evals.sum()), "learned": x.tolist(),
+           **{k: (np.asarray(v)[rows].tolist() if isinstance(v, list) else v) for k, v in scores.items()}}
+    _atomic_json(path, res)
+    ctx.log(f"SCE-UA (black box) {years}y on {len(rows)} basins: {seconds:.0f} s")
+    return res
+
+
+# ------------------------------------------------------------------------------ report
+def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str):
+    rows = []
+    med = lambda v: float(np.median(v))
+    for r in dpl_res + sce_res:
+        rows.append({"method": r["method"], "fraction": r.get("fraction", "1"), "years": r["years"],
+                     "n_train": r["n_train"], "rmse_sm1": med(r["rmse_sm1"]), "rmse_et": med(r["rmse_et"]),
+                     "rmse_sm3": med(r["rmse_sm3"]), "seconds": r["seconds"],
+                     "model_evaluations": r["model_evaluations"],
+                     "recovery_r_median": float(np.nanmedian(list(r["recovery_all"].values()))),
+                     "recovery": r["recovery_all"]})
+    bb_rows = []
+    for r in bb_res:
+        sub = r["rows"]
+        same = next((s for s in sce_res if s["years"] == r["years"]), None)
+        bb_rows.append({"years": r["years"], "basins": len(sub), "seconds": r["seconds"],
+                        "model_evaluations": r["model_evaluations"],
+                        "rmse_sm1_blackbox_sceua": med(r["rmse_sm1"]),
+                        "rmse_sm1_surrogate_sceua": med(np.asarray(same["rmse_sm1"])[sub]) if same else None})
+    emu_err = {s: {k: emu[s][k]["nrmse"] for k in OUTPUTS} for s in ("test_params", "test_basins") if s in emu}
+    out = {"experiment": "surrogate_twin", "mode": stem, "n_basins": ctx.n, "noise_sd_mm": float(truth["noise_sd"]),
+           "emulator_nrmse": emu_err, "emulator_training_seconds": emu["training"]["seconds"],
+           "black_box_design": emu["black_box"], "rows": rows, "sceua_blackbox": bb_rows,
+           "machine": {"cpus": os.cpu_count(), "load": os.getloadavg(), "platform": platform.platform()},
+           "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    RESULTS.mkdir(exist_ok=True)
+    _atomic_json(RESULTS / f"{stem}.json", out)
+    lines = [f"# Surrogate twin ({stem}): {ctx.n} basins, noise sd {out['noise_sd_mm']:.2f} mm", "",
+             "Emulator nRMSE (RMSE / std) on held-out sets and basins: " +
+             "; ".join(f"{s}: " + ", ".join(f"{k} {v:.3f}" for k, v in e.items()) for s, e in emu_err.items()), "",
+             "| method | fraction | years | basins trained | test RMSE sm1 (mm) | ET (mm/d) | sm3 (mm) | "
+             "median r(params) | wall s | model evaluations |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['fraction']} | {r['years']} | {r['n_train']} | {r['rmse_sm1']:.2f} | "
+                     f"{r['rmse_et']:.3f} | {r['rmse_sm3']:.1f} | {r['recovery_r_median']:.2f} | {r['seconds']:.0f} | "
+                     f"{r['model_evaluations']:,} |")
+    if bb_rows:
+        lines += ["", "SCE-UA on the black box itself vs on the surrogate (same basins):", ""]
+        lines += [f"- {b['years']}y, {b['basins']} basins: sm1 RMSE {b['rmse_sm1_blackbox_sceua']:.2f} (black box) vs "
+                  f"{b['rmse_sm1_surrogate_sceua']:.2f} (surrogate) mm; {b['seconds']:.0f} s, "
+                  f"{b['model_evaluations']:,} evaluations" for b in bb_rows]
+    lines += ["", f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end."]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    try:
+        _figure(out, RESULTS / f"{stem}.png")
+    except Exception as e:  # noqa: BLE001 - a missing figure must not lose the results
+        ctx.log(f"figure not drawn: {e}")
+    ctx.log(f"results: {RESULTS / stem}.json/.md/.png")
+    return out
+
+
+def _figure(out, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fractions import Fraction
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, unit in zip(axes, ("rmse_sm1", "rmse_et", "rmse_sm3"), ("mm", "mm/d", "mm")):
+        for years, style in ((1, "-"), (2, "--")):
+            d = [r for r in out["rows"] if r["method"] == "dpl" and r["years"] == years]
+            if d:
+                d.sort(key=lambda r: Fraction(r["fraction"]))
+                ax.plot([float(Fraction(r["fraction"])) for r in d], [r[key] for r in d], "o" + style,
+                        label=f"dPL via surrogate, {years}y")
+            s = [r for r in out["rows"] if r["method"] == "sceua_surrogate" and r["years"] == years]
+            if s:
+                ax.axhline(s[0][key], color="k", ls=style, lw=1, label=f"SCE-UA per basin, {years}y")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("fraction of basins trained on")
+        ax.set_title(f"median test RMSE {key[5:]} ({unit})")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sample", action="store_true", help="the 8 embedded basins, small settings")
+    ap.add_argument("--basins", type=int, default=0, help="use the first N basins of a fixed permutation")
+    ap.add_argument("--zarr", default=str(ROOT.parent / "shared" / "data" / "camels_us.zarr"))
+    ap.add_argument("--work", default=None, help="work directory (default runs/surrogate_twin[_<mode>])")
+    ap.add_argument("--workers", type=int, default=0, help="black-box worker processes (0: in this process)")
+    ap.add_argument("--only", choices=("truth", "emulator", "dpl", "sceua", "sceua_bb"), default=None)
+    ap.add_argument("--no-report", action="store_true")
+    args = ap.parse_args(argv)
+    stem = "surrogate_twin_sample" if args.sample else (f"surrogate_twin_{args.basins}" if args.basins
+                                                          else "surrogate_twin")
+    args.work = args.work or str(ROOT / "runs" / stem)
+    ctx = Context(args)
+    ctx.log(f"{ctx.n} basins, work directory {ctx.work}")
+    truth = unit_truth(ctx)
+    if args.only == "truth":
+        return 0
+    emu = unit_emulator(ctx)
+    if args.only == "emulator":
+        return 0
+    dpl_res, sce_res, bb_res = [], [], []
+    m = ctx.mode
+    for years in m["years"]:
+        if args.only in (None, "dpl"):
+            dpl_res += [unit_dpl(ctx, truth, f, years) for f in m["fractions"]]
+        if args.only in (None, "sceua"):
+            sce_res.append(unit_sceua(ctx, truth, years))
+        if args.only in (None, "sceua_bb"):
+            bb_res.append(unit_sceua_bb(ctx, truth, years))
+    if not args.no_report and args.only is None:
+        report(ctx, truth, emu, dpl_res, sce_res, bb_res, stem)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
