@@ -183,14 +183,22 @@ class Emulator:
     spec: EmulatorSpec
     weights: Mapping[str, np.ndarray]
 
-    def predict(self, x, forcing: Mapping[str, Any], chunk: int = 256) -> dict[str, np.ndarray]:
+    def predict(self, x, forcing: Mapping[str, Any], chunk: int = 64) -> dict[str, np.ndarray]:
         """Outputs ``{name: (N, T)}`` of parameter sets ``x (N, P)`` on ``forcing[name] (N, T)``,
-        from zero state (each run from its first day), in NumPy."""
+        from zero state (each run from its first day), in NumPy. Runs go in chunks of
+        ``chunk`` (the last one padded), so one compiled program serves any ``N``."""
         x = np.asarray(x, np.float32)
         f = np.stack([np.asarray(forcing[n], np.float32) for n in self.spec.forcing], -1)
         fwd = _predict_fn(self.spec)
         w = {k: jnp.asarray(v) for k, v in self.weights.items()}
-        parts = [np.asarray(fwd(w, x[i:i + chunk], f[i:i + chunk])) for i in range(0, len(x), chunk)]
+        parts = []
+        for i in range(0, len(x), chunk):
+            xi, fi = x[i:i + chunk], f[i:i + chunk]
+            pad = chunk - len(xi)
+            if pad:
+                xi = np.concatenate([xi, np.repeat(xi[-1:], pad, 0)])
+                fi = np.concatenate([fi, np.repeat(fi[-1:], pad, 0)])
+            parts.append(np.asarray(fwd(w, xi, fi))[:chunk - pad])
         y = np.concatenate(parts, 0)
         return {k: y[..., j] for j, k in enumerate(self.spec.outputs)}
 
@@ -286,19 +294,25 @@ def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], f
                      optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.05)))
     opt_state = tx.init(theta)
 
-    def loss_fn(theta, runs, start):
+    # The data are arguments of the compiled step, not constants folded into it (compiling
+    # a program with a large array baked in costs seconds per megabyte).
+    arrays = (f_all, x_all, y_all, basin_all, jnp.asarray(idx_all, jnp.int32))
+
+    def loss_fn(theta, arrays, runs, start):
+        f_all, x_all, y_all, basin_all, _ = arrays
         fwin = jax.vmap(lambda b, s: jax.lax.dynamic_slice_in_dim(f_all[b], s, win, 0))(basin_all[runs], start)
         ywin = jax.vmap(lambda r, s: jax.lax.dynamic_slice_in_dim(y_all[r], s, win, 0))(runs, start)
-        xin = encode(spec, jnp.broadcast_to(x_all[runs][:, None, :], (len(runs), win, x_all.shape[1])), fwin)
+        xin = encode(spec, jnp.broadcast_to(x_all[runs][:, None, :], (batch, win, x_all.shape[1])), fwin)
         pred = nnx.merge(graphdef, theta)(xin)
         return jnp.mean((pred[:, warmup:] - ywin[:, warmup:]) ** 2)
 
     @jax.jit
-    def train_step(theta, opt_state, key):
+    def train_step(theta, opt_state, key, arrays):
         k1, k2 = jax.random.split(key)
-        runs = jnp.asarray(idx_all)[jax.random.randint(k1, (batch,), 0, len(idx_all))]
+        idx = arrays[-1]
+        runs = idx[jax.random.randint(k1, (batch,), 0, idx.shape[0])]
         start = jax.random.randint(k2, (batch,), 0, n_t - win + 1)
-        loss, g = jax.value_and_grad(loss_fn)(theta, runs, start)
+        loss, g = jax.value_and_grad(loss_fn)(theta, arrays, runs, start)
         upd, opt_state = tx.update(g, opt_state, theta)
         return optax.apply_updates(theta, upd), opt_state, loss
 
@@ -306,7 +320,7 @@ def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], f
     history, run_loss = [], []
     for step in range(steps):
         key, k = jax.random.split(key)
-        theta, opt_state, loss = train_step(theta, opt_state, k)
+        theta, opt_state, loss = train_step(theta, opt_state, k, arrays)
         run_loss.append(loss)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             mean = float(np.mean(np.asarray(jnp.stack(run_loss))))
