@@ -14,7 +14,7 @@ its parameter bounds, outputs and forcing names, defined at module level). ``--d
 failed parameter set, with its kind and message), ``emulator/`` (train: ``spec.json``,
 ``weights.npz``), ``report.json`` (report). The emulator is then a process model:
 ``Surrogate("runs/emu/emulator")``, or on the ``dpljax`` command line
-``model.name=surrogate +model.options.path=runs/emu/emulator``.
+``model=surrogate model.options.path=runs/emu/emulator``.
 """
 from __future__ import annotations
 
