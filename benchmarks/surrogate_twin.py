@@ -169,7 +169,10 @@ def _days(times, period):
 class Context:
     def __init__(self, args):
         self.args = args
-        self.mode = MODES["sample" if args.sample else "full"]
+        self.mode = dict(MODES["sample" if args.sample else "full"])
+        for k, v in (("hidden", args.emu_hidden), ("emu_steps", args.emu_steps)):
+            if v is not None:
+                self.mode[k] = v
         self.work = Path(args.work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.basins, self.times, self.forcing, self.attrs = load_basins(args)
@@ -500,6 +503,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="black-box worker processes (0: in this process)")
     ap.add_argument("--only", choices=("truth", "emulator", "dpl", "sceua", "sceua_bb"), default=None)
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--emu-hidden", type=int, default=None, help="override the mode's emulator hidden size")
+    ap.add_argument("--emu-steps", type=int, default=None, help="override the mode's emulator training steps")
     args = ap.parse_args(argv)
     stem = "surrogate_twin_sample" if args.sample else (f"surrogate_twin_{args.basins}" if args.basins
                                                           else "surrogate_twin")
