@@ -84,6 +84,9 @@ def test_the_process_model_is_the_emulator(tiny, tmp_path):
     assert m.output == "store" and Surrogate(emulator=fit.emulator).output == "q"
     with pytest.raises(ValueError, match="not emulated"):
         Surrogate(emulator=fit.emulator, output="et")
+    DPL.of(m, nmul=1, routing=False, bounds={"k": (0.2, 0.5), "f": (0.2, 1.0)})  # narrower: fine
+    with pytest.raises(ValueError, match="wider than the surrogate's training range: k"):
+        DPL.of(m, nmul=1, routing=False, bounds={"k": (0.05, 0.5), "f": (0.2, 1.0)})
     idx = d.subset("test_params")[:3]
     f = {"prcp": data.forcing["prcp"][d.basin[idx]].astype(np.float32)}
     pred = fit.emulator.predict(d.x[idx], f)

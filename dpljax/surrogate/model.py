@@ -95,6 +95,16 @@ class Surrogate(ProcessModel):
     def bounds(self) -> dict[str, tuple[float, float]]:
         return self.spec.bounds_dict
 
+    def with_bounds(self, bounds) -> "Surrogate":
+        """The emulator learned the black box only inside the bounds it was trained on: narrower
+        bounds are fine, wider ones are refused (it would extrapolate unchecked)."""
+        own = self.bounds
+        wider = [f"{k} [{lo:g}, {hi:g}] (trained on [{own[k][0]:g}, {own[k][1]:g}])" for k, (lo, hi) in bounds.items()
+                 if k in own and (lo < own[k][0] - 1e-9 * abs(own[k][0]) or hi > own[k][1] + 1e-9 * abs(own[k][1]))]
+        if wider:
+            raise ValueError(f"bounds wider than the surrogate's training range: {', '.join(wider)}")
+        return self
+
     def initial_state(self, params):
         z = jnp.zeros((self.spec.hidden,), float_dtype(params[0]))
         return SurrogateState(z, z)
