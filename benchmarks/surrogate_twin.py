@@ -28,7 +28,9 @@ SMAP is not available here, so the observations are synthetic:
   (1999-10-01..2001-09-30, after 365 days) of observations; **test** 2001-10-01..2003-09-30.
 
 Units (each writes its files under the work directory and is skipped once done, so a killed
-run continues where it stopped; the black-box runs are also cached per run):
+run continues where it stopped; the black-box runs are also cached per run, and the emulator's
+training resumes from its checkpoint, written every 250 steps; a dPL or SCE-UA unit killed
+midway starts again):
 
 1. ``truth.npz``: true parameters, truth, observations.
 2. ``emulator/``: an LSTM emulator of ``sm1, sm3, et, q`` (:mod:`dpljax.surrogate`): a Latin
@@ -217,7 +219,8 @@ def unit_emulator(ctx: Context):
                           run_kw={"cache_dir": ctx.work / "bb_cache", "n_workers": ctx.args.workers},
                           train_kw={"hidden": m["hidden"], "steps": m["emu_steps"], "batch": m["emu_batch"],
                                     "learning_rate": 1e-2, "window": 730, "warmup": WARMUP,
-                                    "log_every": max(m["emu_steps"] // 10, 1)},
+                                    "log_every": max(m["emu_steps"] // 10, 1),
+                                    "checkpoint": ctx.work / "emulator_checkpoint.npz", "checkpoint_every": 250},
                           eval_warmup=WARMUP, log=ctx.log)
     return rep
 

@@ -187,3 +187,28 @@ def test_a_random_surrogate_spec_round_trips_json():
     m = Surrogate.random(spec, jax.random.key(1))
     leaves, tree = jax.tree.flatten(m)
     assert len(leaves) == 6 and jax.tree.unflatten(tree, leaves) == m
+
+
+@pytest.mark.slow
+def test_emulator_training_resumes_from_its_checkpoint_exactly(tiny, tmp_path):
+    d, data, _ = tiny
+    tr = d.subset("train")
+    sub = TrainData(d.x[tr], d.basin[tr], data.forcing, {k: v[tr] for k, v in data.y.items()})
+    kw = dict(hidden=8, steps=12, batch=8, learning_rate=1e-2, seed=1, log_every=4)
+    whole = train_emulator(sub, BOUNDS, ("prcp",), ("store", "q"), **kw)
+
+    def kill(msg):
+        if "step 8/" in msg:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ckpt.npz"
+    with pytest.raises(KeyboardInterrupt):
+        train_emulator(sub, BOUNDS, ("prcp",), ("store", "q"), checkpoint=ck, checkpoint_every=4, log=kill, **kw)
+    logs = []
+    resumed = train_emulator(sub, BOUNDS, ("prcp",), ("store", "q"), checkpoint=ck, checkpoint_every=4,
+                             log=logs.append, **kw)
+    assert "resumed" in logs[0] and "at step 8" in logs[0]
+    for k, v in whole.emulator.weights.items():
+        np.testing.assert_array_equal(resumed.emulator.weights[k], v)
+    with pytest.raises(ValueError, match="another emulator training"):
+        train_emulator(sub, BOUNDS, ("prcp",), ("store", "q"), checkpoint=ck, **{**kw, "steps": 13})

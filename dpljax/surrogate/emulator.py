@@ -265,12 +265,18 @@ class EmulatorFit:
 def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], forcing_names, outputs, *,
                    hidden: int = 64, steps: int = 1000, batch: int = 32, learning_rate: float = 3e-3,
                    window: int | None = None, warmup: int = 0, seed: int = 0, model_name: str = "",
-                   log: Callable | None = None, log_every: int = 100) -> EmulatorFit:
+                   log: Callable | None = None, log_every: int = 100, checkpoint: str | Path | None = None,
+                   checkpoint_every: int = 500) -> EmulatorFit:
     """Train an :class:`EmulatorLSTM` of ``outputs`` on ``data`` with Adam (cosine-decayed
     learning rate, gradient norm clipped at 1): MSE of the normalised outputs, averaged over
     outputs, after ``warmup`` days of each training sequence. ``window``: train on random
     windows of that many days (each from zero state, so ``warmup`` should cover the model's
-    memory), ``None``: on whole runs. Runs with any NaN output (failed runs) are left out."""
+    memory), ``None``: on whole runs. Runs with any NaN output (failed runs) are left out.
+
+    ``checkpoint``: a ``.npz`` file written every ``checkpoint_every`` steps (atomically) with
+    the weights, optimiser state, random key and step; a call that finds it continues from it
+    and ends with exactly the weights of an uninterrupted run. It is refused when it belongs to
+    another training (other data size, settings or spec)."""
     t0 = time.perf_counter()
     good = np.all([np.all(np.isfinite(data.y[k]), axis=1) for k in outputs], axis=0)
     idx_all = np.flatnonzero(good)
@@ -317,8 +323,32 @@ def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], f
         return optax.apply_updates(theta, upd), opt_state, loss
 
     key = jax.random.key(seed)
-    history, run_loss = [], []
-    for step in range(steps):
+    history, run_loss, start = [], [], 0
+    ident = json.dumps({"spec": spec.to_json(), "steps": steps, "batch": batch, "learning_rate": learning_rate,
+                        "window": win, "warmup": warmup, "seed": seed, "runs": int(len(idx_all)),
+                        "y": float(np.asarray(y_all[:, ::97]).sum())}, sort_keys=True)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        with np.load(ckpt) as z:
+            if str(z["ident"]) != ident:
+                raise ValueError(f"{ckpt} is the checkpoint of another emulator training (other data, "
+                                 "settings or spec); remove it or pass another path")
+            treedef = jax.tree.structure((theta, opt_state))
+            n = treedef.num_leaves
+            theta, opt_state = jax.tree.unflatten(treedef, [jnp.asarray(z[f"leaf_{i}"]) for i in range(n)])
+            key = jax.random.wrap_key_data(jnp.asarray(z["key"]))
+            start, history = int(z["step"]), json.loads(str(z["history"]))
+        if log is not None:
+            log(f"emulator: resumed from {ckpt} at step {start}")
+
+    def save(step):
+        tmp = ckpt.with_name(ckpt.name + ".tmp.npz")
+        leaves = {f"leaf_{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves((theta, opt_state)))}
+        np.savez(tmp, ident=ident, key=np.asarray(jax.random.key_data(key)), step=step,
+                 history=json.dumps(history), **leaves)
+        tmp.replace(ckpt)
+
+    for step in range(start, steps):
         key, k = jax.random.split(key)
         theta, opt_state, loss = train_step(theta, opt_state, k, arrays)
         run_loss.append(loss)
@@ -326,8 +356,10 @@ def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], f
             mean = float(np.mean(np.asarray(jnp.stack(run_loss))))
             history.append({"step": step + 1, "loss": mean, "seconds": round(time.perf_counter() - t0, 2)})
             run_loss = []
-            if log is not None:
-                log(f"emulator step {step + 1}/{steps}: normalised MSE {mean:.4f}")
+        if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            save(step + 1)
+        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            log(f"emulator step {step + 1}/{steps}: normalised MSE {history[-1]['loss']:.4f}")
     w = nnx.merge(graphdef, theta).weights()
     return EmulatorFit(Emulator(spec, w), history, time.perf_counter() - t0, steps)
 
