@@ -48,7 +48,8 @@ midway starts again):
 6. The report: ``benchmarks/results/surrogate_twin[_<mode>].{json,md,png}``: test RMSE of
    ``sm1`` (against the noise-free truth), ``et`` and ``sm3`` per method, fraction and data
    length; parameter recovery (Pearson r of learned against true parameters, per parameter);
-   wall time and model evaluations of each method.
+   wall time and model evaluations of each method (dPL: basin-windows run forward and backward
+   through the surrogate, steps x batch; SCE-UA: objective evaluations, each one basin's run).
 
 Everything is evaluated with the black box: the surrogate only serves training and
 calibration, so its error is inside each method's test error, as in the paper.
