@@ -72,11 +72,11 @@ SAMPLE_FOREST_TREES = 20
 #: Rough costs on this 2-core machine (seconds), for --dry-run's estimate only: one dPL step of
 #: B basins ~ a + b B (HBV nmul=16, 730 days, forward + backward, one device; camels531_static:
 #: 4360 steps of 100 basins in 433 s; 0.055 s per step of 17 basins measured on a loaded
-#: machine), one SCE-UA model evaluation (3653 days, nmul=1; 889/s in
-#: results/sceua_speed.json), one gradient-calibration step of one basin and restart (~3 s per
+#: machine), one SCE-UA model evaluation (3288 days, nmul=1; camels531_sceua,
+#: results/camels531_sceua.json: 9,413/s on 2 cores), one gradient-calibration step of one basin and restart (~3 s per
 #: step of 531 basins x 4 restarts on 2 cores, dpljax/calibrate/gradient.py).
 COST_DPL_STEP, COST_DPL_BASIN_STEP = 0.046, 5.3e-4
-COST_SCEUA_EVAL = 1.0 / 889
+COST_SCEUA_EVAL = 1.0 / 9413
 COST_GRAD_EVAL = 3.0 / (531 * 4)
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.sceua functions [--seeds 50]     # Duan's test functions
     python -m benchmarks.sceua hbv [--seeds 5 --budget 10000 --complexes 10]
-    python -m benchmarks.sceua speed [--basins 531 --loops 3]
+    python -m benchmarks.sceua speed [--devices 2 --budget 10000]  # the 531-basin calibration vs spotpy
     python -m benchmarks.sceua full [--basins 531 --budget 10000]   # one whole calibration
 
 Each writes ``benchmarks/results/sceua_<what>.json`` with the machine probe
@@ -322,69 +322,91 @@ def bench_hbv(args) -> dict:
 
 # ---------------------------------------------------------------- 3. speed
 
+def _spotpy_worker(job):
+    """One basin calibrated by spotpy + numba HBV in a worker process: (runs, wall s)."""
+    from benchmarks import sceua_hbv as ref
+
+    d64, lo, hi, seed, budget, ngs = job
+    fn = lambda x: ref.objective_numba(x, *d64, WARM)
+    fn(lo)  # numba compiles once per process, before the clock starts
+    _, n, w = spotpy_sceua(fn, lo, hi, seed=seed, budget=budget, ngs=ngs, kstop=10**9,
+                           pcento=0.0, peps=0.0)
+    return n, w
+
+
 def bench_speed(args) -> dict:
-    import jax
-    import jax.numpy as jnp
+    """The 531-basin calibration as ``dpljax experiment=camels531_sceua`` runs it (all basins at
+    once, ``train.devices`` host devices), against spotpy basin by basin, in one process on one
+    machine: spotpy + numba HBV in one process (one core: what a spotpy user runs), the same in
+    as many worker processes as there are devices (basins side by side: the whole machine),
+    and spotpy + plain-NumPy HBV in one process."""
+    import multiprocessing as mp
 
     from benchmarks import sceua_hbv as ref
-    from dpljax.calibrate import init, run
+    from benchmarks.scaling import compose
+    from dpljax.calibrate.runner import run_calibration
 
-    replicate = None if args.basins == 531 and not args.replicate else args.basins
-    data, ids = hbv_data("531" if replicate is None else None, replicate_to=replicate)
-    B, p = len(ids), args.complexes
-    obj, _, lo, hi, _ = dpljax_objective()
-    doc = {"what": "model evaluations per second of SCE-UA on HBV (nmul=1, 3653 days = warm-up + "
-                   "WY2000-2008): dpljax with every basin's population in one vmapped program vs "
-                   "spotpy basin by basin (numba HBV; plain NumPy HBV)",
-           "basins": B, "source": "camels_us.zarr in_531" if replicate is None else f"sample replicated to {B}",
-           "days": int(data[0].shape[1]), "complexes": p, **_meta(probe=True)}
-    dd = tuple(jnp.asarray(a) for a in data)
-    keys = jax.random.split(jax.random.key(0), B)
-    t0 = time.perf_counter()
-    st = jax.jit(jax.vmap(lambda d, k: init(partial(obj, d), lo, hi, key=k, max_evals=args.budget,
-                                            n_complexes=p, pcento=0.0, peps=0.0)))(dd, keys)
-    jax.block_until_ready(st)
-    t_init = time.perf_counter() - t0
-    step = jax.jit(jax.vmap(lambda d, s, n: run(s, partial(obj, d), n), in_axes=(0, 0, None)))
-    t0 = time.perf_counter()
-    st = jax.block_until_ready(step(dd, st, 1))
-    t_first = time.perf_counter() - t0
-    e0, c0, r0 = int(np.sum(st.n_evals)), int(np.sum(st.n_computed)), np.asarray(st.loop_rounds).copy()
-    t0 = time.perf_counter()
-    st = jax.block_until_ready(step(dd, st, args.loops))
-    wall = time.perf_counter() - t0
-    e1, c1 = int(np.sum(st.n_evals)), int(np.sum(st.n_computed))
-    rounds = np.asarray(st.loop_rounds) - r0
-    batched_rounds = int(rounds.max(axis=0).sum())
-    dp = {"init_s_incl_compile": t_init, "first_loop_s_incl_compile": t_first,
-          "timed_loops": args.loops, "timed_wall_s": wall, "evals": e1 - e0,
-          "evals_per_s": (e1 - e0) / wall, "computed_unbatched": c1 - c0,
-          "computed_batched": batched_rounds * p * B,
-          "waste_unbatched": 1 - (e1 - e0) / (c1 - c0),
-          "waste_batched": 1 - (e1 - e0) / (batched_rounds * p * B)}
+    config = compose("camels531_sceua", [f"calibrate.max_evals={args.budget}", "calibrate.pcento=0",
+                                         "calibrate.peps=0", f"calibrate.n_complexes={args.complexes}",
+                                         f"train.devices={args.devices}", "train.progress=false",
+                                         "train.checkpoint_minutes=1000"])
+    doc = {"what": "model evaluations per second of SCE-UA on HBV (nmul=1, 13 + 2 routing parameters, "
+                   "3288 days = 365 warm-up + WY2000-2008): dpljax's calibration of all 531 basins at "
+                   "once (run_calibration, as `dpljax experiment=camels531_sceua` runs it, budget-only "
+                   "stopping rule) vs spotpy's sceua basin by basin (numba HBV; plain NumPy HBV), same "
+                   "complexes, one process on one machine",
+           "budget_per_basin": args.budget, "complexes": args.complexes, "devices": args.devices,
+           "config": config, **_meta(probe=True)}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        s = run_calibration(config, Path(tmp) / "run", log=lambda m: print(m, flush=True))
+        total = time.perf_counter() - t0
+    dp = {"calibration_wall_s": s["calibration_wall_time_s"], "evals": s["n_evals_total"],
+          "evals_per_s": s["evals_per_second"], "median_evals_per_basin": s["n_evals_per_basin_median"],
+          "median_test_nse": s["median_nse"], "command_wall_s_incl_data_and_test": total,
+          "note": "calibration_wall_s: from the first evaluation to the last, compilation included"}
     doc["dpljax"] = dp
     print("dpljax", dp, flush=True)
-    # spotpy, one basin after another (here: the first few basins, rate per model run)
-    lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-    d64 = tuple(np.asarray(a[0], np.float64) for a in data)
-    fn = lambda x: ref.objective_numba(x, *d64, WARM)
-    fn(lo64)  # compile
-    xs = lo64 + np.random.default_rng(0).random((200, lo64.size)) * (hi64 - lo64)
+    data, ids = hbv_data("531")
+    lo = np.asarray(dpljax_objective()[2], np.float64)
+    hi = np.asarray(dpljax_objective()[3], np.float64)
+    d64 = [tuple(np.asarray(a[b], np.float64) for a in data) for b in range(args.spotpy_basins)]
+    # spotpy + numba, one process (one core), basin after basin
+    fn0 = lambda x: ref.objective_numba(x, *d64[0], WARM)
+    fn0(lo)
+    xs = lo + np.random.default_rng(0).random((200, lo.size)) * (hi - lo)
     t0 = time.perf_counter()
     for x in xs:
-        fn(x)
+        fn0(x)
     bare = len(xs) / (time.perf_counter() - t0)
-    _, n, w = spotpy_sceua(fn, lo64, hi64, seed=1, budget=args.spotpy_budget, ngs=p,
-                           kstop=10**9, pcento=0.0, peps=0.0)
-    doc["spotpy_numba"] = {"model_runs": n, "wall_s": w, "evals_per_s": n / w,
-                           "bare_model_evals_per_s": bare}
-    fnp = lambda x: ref.objective_python(x, *d64, WARM)
-    _, n2, w2 = spotpy_sceua(fnp, lo64, hi64, seed=1, budget=args.numpy_budget, ngs=2,
+    runs = wall = 0.0
+    for b, d in enumerate(d64):
+        n, w = _spotpy_worker((d, lo, hi, b + 1, args.spotpy_budget, args.complexes))
+        runs, wall = runs + n, wall + w
+    doc["spotpy_numba"] = {"basins": ids[:len(d64)], "model_runs": runs, "wall_s": wall,
+                           "evals_per_s": runs / wall, "bare_model_evals_per_s": bare}
+    # the same on every core: one worker process per device, basins side by side
+    jobs = [(d, lo, hi, b + 1, args.spotpy_budget, args.complexes) for b, d in enumerate(d64)]
+    with mp.get_context("spawn").Pool(args.devices) as pool:
+        pool.map(_spotpy_worker, jobs[:args.devices])  # start the workers and compile numba
+        t0 = time.perf_counter()
+        out = pool.map(_spotpy_worker, jobs)
+        wall_p = time.perf_counter() - t0
+    runs_p = sum(n for n, _ in out)
+    doc["spotpy_numba_processes"] = {"processes": args.devices, "model_runs": runs_p, "wall_s": wall_p,
+                                     "evals_per_s": runs_p / wall_p}
+    fnp = lambda x: ref.objective_python(x, *d64[0], WARM)
+    _, n2, w2 = spotpy_sceua(fnp, lo, hi, seed=1, budget=args.numpy_budget, ngs=args.complexes,
                              kstop=10**9, pcento=0.0, peps=0.0)
-    doc["spotpy_numpy"] = {"model_runs": n2, "wall_s": w2, "evals_per_s": n2 / w2, "complexes": 2}
-    doc["ratios"] = {"vs_numba": dp["evals_per_s"] / (n / w), "vs_numpy": dp["evals_per_s"] / (n2 / w2),
-                     "vs_bare_numba_model": dp["evals_per_s"] / bare}
-    print(doc["ratios"], doc["spotpy_numba"], doc["spotpy_numpy"], flush=True)
+    doc["spotpy_numpy"] = {"model_runs": n2, "wall_s": w2, "evals_per_s": n2 / w2}
+    rate = dp["evals_per_s"]
+    doc["ratios"] = {"vs_numba_one_process": rate / doc["spotpy_numba"]["evals_per_s"],
+                     f"vs_numba_{args.devices}_processes": rate / doc["spotpy_numba_processes"]["evals_per_s"],
+                     "vs_numpy": rate / doc["spotpy_numpy"]["evals_per_s"],
+                     "vs_bare_numba_model_one_core": rate / bare}
+    print(doc["ratios"], flush=True)
     return doc
 
 
@@ -427,16 +449,25 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--budget", type=int, default=10_000)
-    ap.add_argument("--complexes", type=int, default=10)
+    ap.add_argument("--complexes", type=int, default=None,
+                    help="p (default: 2 for speed, the experiment's; 10 otherwise)")
     ap.add_argument("--basins", type=int, default=531)
     ap.add_argument("--replicate", action="store_true", help="replicate the sample instead of reading the store")
     ap.add_argument("--loops", type=int, default=3)
+    ap.add_argument("--devices", type=int, default=2, help="speed: train.devices of the dpljax calibration")
+    ap.add_argument("--spotpy-basins", type=int, default=4, help="speed: basins spotpy calibrates")
     ap.add_argument("--spotpy-budget", type=int, default=3000)
     ap.add_argument("--numpy-budget", type=int, default=100)
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if args.seeds is None:
         args.seeds = 50 if args.what == "functions" else 5
+    if args.complexes is None:
+        args.complexes = 2 if args.what == "speed" else 10
+    if args.what == "speed":  # host devices exist only if asked for before JAX starts
+        from dpljax.parallel import use_host_devices
+
+        use_host_devices(args.devices)
     fn = {"functions": bench_functions, "hbv": bench_hbv, "speed": bench_speed, "full": bench_full}
     t0 = time.perf_counter()
     doc = fn[args.what](args)
