@@ -634,7 +634,8 @@ def ready(u: Unit, todo: list[Unit]) -> bool:
 def session_record(ctx: Context, probe: bool) -> dict:
     from benchmarks import throughput as tp
 
-    rec = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "git_commit": tp._git_commit(),
+    rec = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(), "argv": sys.argv,
+           "git_commit": tp._git_commit(),
            "machine": tp._machine(), "versions": tp._versions(), "sharing_start": sharing()}
     if probe:
         ctx.log("machine probe (matmul, memory bandwidth, elementwise) ...")
@@ -645,8 +646,12 @@ def session_record(ctx: Context, probe: bool) -> dict:
 def _append_session(work: Path, rec: dict) -> None:
     path = work / "sessions.json"
     sessions = json.loads(path.read_text()) if path.exists() else []
-    if sessions and sessions[-1].get("started") == rec.get("started"):
-        sessions[-1] = rec
+    # This process's own record is replaced wherever it is: two commands may share a work
+    # directory at once (e.g. --only dpl beside --only calibration), appending in turn.
+    key = lambda s: (s.get("started"), s.get("pid"), s.get("argv"))
+    same = [i for i, s in enumerate(sessions) if key(s) == key(rec)]
+    if same:
+        sessions[same[-1]] = rec
     else:
         sessions.append(rec)
     _atomic_json(path, sessions)
