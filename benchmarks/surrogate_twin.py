@@ -176,6 +176,9 @@ class Context:
         for k, v in (("hidden", args.emu_hidden), ("emu_steps", args.emu_steps)):
             if v is not None:
                 self.mode[k] = v
+        self.emu_outputs = tuple(args.emu_outputs.split(",")) if args.emu_outputs else OUTPUTS
+        if "sm1" not in self.emu_outputs:
+            raise SystemExit("--emu-outputs must include sm1 (what the methods are trained on)")
         self.work = Path(args.work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.basins, self.times, self.forcing, self.attrs = load_basins(args)
@@ -216,7 +219,7 @@ def unit_emulator(ctx: Context):
     m = ctx.mode
     nb = min(m["emu_basins"], ctx.n)
     f = {k: v[:nb] for k, v in ctx.forcing.items()}
-    rep = build_surrogate(VIC, f, out_dir, outputs=OUTPUTS, sets_per_basin=m["sets"], seed=0,
+    rep = build_surrogate(VIC, f, out_dir, outputs=ctx.emu_outputs, sets_per_basin=m["sets"], seed=0,
                           run_kw={"cache_dir": ctx.work / "bb_cache", "n_workers": ctx.args.workers},
                           train_kw={"hidden": m["hidden"], "steps": m["emu_steps"], "batch": m["emu_batch"],
                                     "learning_rate": 1e-2, "window": 730, "warmup": WARMUP,
@@ -440,7 +443,8 @@ def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str):
                         "model_evaluations": r["model_evaluations"],
                         "rmse_sm1_blackbox_sceua": med(r["rmse_sm1"]),
                         "rmse_sm1_surrogate_sceua": med(np.asarray(same["rmse_sm1"])[sub]) if same else None})
-    emu_err = {s: {k: emu[s][k]["nrmse"] for k in OUTPUTS} for s in ("test_params", "test_basins") if s in emu}
+    emu_err = {s: {k: emu[s][k]["nrmse"] for k in OUTPUTS if k in emu[s]} for s in ("test_params", "test_basins")
+               if s in emu}
     out = {"experiment": "surrogate_twin", "mode": stem, "n_basins": ctx.n, "noise_sd_mm": float(truth["noise_sd"]),
            "emulator_nrmse": emu_err, "emulator_training_seconds": emu["training"]["seconds"],
            "black_box_design": emu["black_box"], "rows": rows, "sceua_blackbox": bb_rows,
@@ -509,6 +513,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--emu-hidden", type=int, default=None, help="override the mode's emulator hidden size")
     ap.add_argument("--emu-steps", type=int, default=None, help="override the mode's emulator training steps")
+    ap.add_argument("--emu-outputs", default=None,
+                    help="comma-separated outputs to emulate (default sm1,sm3,et,q; the methods need sm1 only: "
+                         "every score is taken with the black box)")
     args = ap.parse_args(argv)
     stem = "surrogate_twin_sample" if args.sample else (f"surrogate_twin_{args.basins}" if args.basins
                                                           else "surrogate_twin")
