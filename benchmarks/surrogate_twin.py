@@ -176,6 +176,16 @@ class Context:
         for k, v in (("hidden", args.emu_hidden), ("emu_steps", args.emu_steps)):
             if v is not None:
                 self.mode[k] = v
+        for item in args.set:
+            k, _, v = item.partition("=")
+            if k not in self.mode:
+                raise SystemExit(f"--set {item}: unknown setting (known: {sorted(self.mode)})")
+            if k == "fractions":
+                self.mode[k] = tuple(v.split(","))
+            elif k == "years":
+                self.mode[k] = tuple(int(y) for y in v.split(","))
+            else:
+                self.mode[k] = int(v)
         self.emu_outputs = tuple(args.emu_outputs.split(",")) if args.emu_outputs else OUTPUTS
         if "sm1" not in self.emu_outputs:
             raise SystemExit("--emu-outputs must include sm1 (what the methods are trained on)")
@@ -448,6 +458,7 @@ def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str):
     out = {"experiment": "surrogate_twin", "mode": stem, "n_basins": ctx.n, "noise_sd_mm": float(truth["noise_sd"]),
            "emulator_nrmse": emu_err, "emulator_training_seconds": emu["training"]["seconds"],
            "black_box_design": emu["black_box"], "rows": rows, "sceua_blackbox": bb_rows,
+           "settings": {**ctx.mode, "emulated_outputs": list(ctx.emu_outputs), "noise": NOISE, "warmup": WARMUP},
            "machine": {"cpus": os.cpu_count(), "load": os.getloadavg(), "platform": platform.platform()},
            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     RESULTS.mkdir(exist_ok=True)
@@ -466,7 +477,8 @@ def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str):
         lines += [f"- {b['years']}y, {b['basins']} basins: sm1 RMSE {b['rmse_sm1_blackbox_sceua']:.2f} (black box) vs "
                   f"{b['rmse_sm1_surrogate_sceua']:.2f} (surrogate) mm; {b['seconds']:.0f} s, "
                   f"{b['model_evaluations']:,} evaluations" for b in bb_rows]
-    lines += ["", f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end."]
+    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in out["settings"].items()),
+              "", f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end."]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     try:
         _figure(out, RESULTS / f"{stem}.png")
@@ -513,12 +525,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--emu-hidden", type=int, default=None, help="override the mode's emulator hidden size")
     ap.add_argument("--emu-steps", type=int, default=None, help="override the mode's emulator training steps")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of the mode (MODES), e.g. --set dpl_steps=300 --set fractions=1/4,1/2,1 "
+                         "--set years=1")
     ap.add_argument("--emu-outputs", default=None,
                     help="comma-separated outputs to emulate (default sm1,sm3,et,q; the methods need sm1 only: "
                          "every score is taken with the black box)")
     args = ap.parse_args(argv)
     stem = "surrogate_twin_sample" if args.sample else (f"surrogate_twin_{args.basins}" if args.basins
                                                           else "surrogate_twin")
+    if args.work and not args.sample:
+        stem = Path(args.work).name
     args.work = args.work or str(ROOT / "runs" / stem)
     ctx = Context(args)
     ctx.log(f"{ctx.n} basins, work directory {ctx.work}")
