@@ -136,6 +136,7 @@ ANCHORS = {  # published medians on the same splits (test NSE); first matching p
     "camels531_pub": "none on these folds (folds are our own seeded split)",
     "camels671_temporal": "dPL-HBV dynamic 0.732; LSTM 0.748 (Feng et al. 2022)",
     "camels531_sceua": "calibrated HBV 0.676, SAC-SMA 0.603 (Kratzert et al. 2019)",
+    "camels531_gradcal": "calibrated HBV 0.676, SAC-SMA 0.603 (Kratzert et al. 2019; by SCE-UA)",
     "camels531": "dPL-HBV 0.73 (NSE), 0.73 (KGE)",
 }
 BEGIN, END = "<!-- camels:begin -->", "<!-- camels:end -->"
