@@ -150,8 +150,11 @@ def test_simulate_equals_a_loop_over_basins_and_components(forcing10y, name, opt
     params = {k: v.astype(np.float32) for k, v in _params(model, rng, (n, nmul)).items()}
     out = jax.jit(model.simulate)(params, f)
     assert _out(model, out).shape == (n, 500)
+    # The loop's unit is one basin and one component, compiled once (an eager base.run would
+    # trace and compile its scan again on every call).
+    one = jax.jit(lambda pp, xx: base.run(model, pp, xx))
     for i in range(n):
-        comps = [base.run(model, {k: v[i, j] for k, v in params.items()}, {k: v[i] for k, v in f.items()})
+        comps = [one({k: v[i, j] for k, v in params.items()}, {k: v[i] for k, v in f.items()})
                  for j in range(nmul)]
         np.testing.assert_allclose(_out(model, out)[i], np.mean([_out(model, c) for c in comps], axis=0),
                                    rtol=2e-5, atol=1e-6)
