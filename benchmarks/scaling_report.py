@@ -214,11 +214,15 @@ def statements(doc) -> dict:
                 if first is not None else
                 f"dPL's temporal median test NSE does not reach SCE-UA's on the same basins at any fraction "
                 f"measured ({', '.join(xs)})")
+        nmul = doc["settings"]["dpl_config"]["model"]["nmul"]
         if holds is not None:
             text += (f"; the paper found about {PAPER_FRACTION}: " +
                      ("it holds here (at or below 1/8)" if holds else "it does not hold here (more data needed)"))
         else:
             text += f"; the paper's finding (about {PAPER_FRACTION}) does not hold here"
+        text += (f" (dPL with nmul={nmul} component(s) against calibrations of one component"
+                 + ("; the two model structures differ, see the nmul=1 curve" if nmul != 1 else
+                    ": the same model structure on both sides") + ")")
         out["dpl_reaches_sceua"] = {
             "fractions": xs, "dpl_minus_sceua": dict(zip(xs, diffs)), "first_fraction": first,
             "interpolated_fraction": interp, "paper_fraction": PAPER_FRACTION, "paper_finding_holds": holds,
