@@ -67,14 +67,13 @@ def _evaluate(argv):
 
         evaluate_pub(run_dir)
         return
-    from .rundir import check_finished_run, run_lock
+    from .rundir import check_finished_run
 
     config = check_finished_run(run_dir)  # refuses an unfinished or inconsistent run directory
     if config.get("calibrate"):
         from .calibrate.runner import evaluate_calibration
 
-        with run_lock(run_dir):
-            evaluate_calibration(run_dir)
+        evaluate_calibration(run_dir)
         return
     from .evaluate import evaluate_run
 

@@ -19,6 +19,7 @@ bit the same as an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -286,8 +287,14 @@ def evaluate_calibration(run_dir: str | Path, *, exp=None, problem=None, norm=No
                          write: bool = True, out: Path | None = None) -> pd.DataFrame:
     """Run the calibrated parameters (``calibration.zarr``) on the test period after its
     warm-up and score them; returns the metrics table (written to ``out``, by default
-    ``run_dir/evaluation``, with predictions and figures)."""
+    ``run_dir/evaluation``, with predictions and figures). With ``write`` the run directory
+    is locked meanwhile (:mod:`dpljax.rundir`), as :func:`dpljax.evaluate.evaluate_run` does."""
     run_dir = Path(run_dir)
+    with run_lock(run_dir) if write else contextlib.nullcontext():
+        return _evaluate_calibration(run_dir, exp, problem, norm, ds, log, write, out)
+
+
+def _evaluate_calibration(run_dir: Path, exp, problem, norm, ds, log, write: bool, out) -> pd.DataFrame:
     if exp is None:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         exp = build({k: config[k] for k in SECTIONS})
