@@ -21,6 +21,7 @@ from flax import nnx
 
 from . import metrics as M
 from .checkpoint import load_checkpoint
+from .rundir import RunDirError, check_finished_run, run_lock, write_json
 from .data.dataset import Arrays, load, load_with_report, prepare, test_start_with_warmup
 from .data.normalize import Normalizer
 from .dpl import DPL, TableSource, as_source, simulate
@@ -237,8 +238,6 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
     The run directory is locked while it is written to, and refused (with
     :class:`~dpljax.rundir.RunDirError` naming the problem) when its files disagree: an
     unfinished run, missing or corrupt weights, an edited ``config.yaml``."""
-    from .rundir import check_finished_run, run_lock
-
     run_dir = Path(run_dir)
     config = check_finished_run(run_dir)
     from .experiment import build
@@ -252,8 +251,6 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
     try:
         state, _ = load_checkpoint(run_dir / "weights.npz", like)
     except ValueError as e:
-        from .rundir import RunDirError
-
         raise RunDirError(f"{e}; does config.yaml still describe the network the run trained?") from None
     with run_lock(run_dir):
         out = run_dir / "evaluation" if write else run_dir
@@ -261,8 +258,6 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
         table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, out, write=write)
         summary = summarise(table)
         if write:
-            from .rundir import write_json
-
             write_json(out / "summary.json", summary)
     log(median_line(summary))
     return summary
@@ -270,8 +265,6 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
 
 def evaluate_pub(run_dir: str | Path, log=print) -> dict:
     """Re-run every fold's saved model on its held-out basins and pool the metrics again."""
-    from .rundir import RunDirError, run_lock
-
     run_dir = Path(run_dir)
     try:
         spec = json.loads((run_dir / "pub.json").read_text())["spec"]

@@ -15,6 +15,8 @@ defined, and ``summary.json`` says over how many (``n_basins_nse``, ``n_basins_k
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -37,8 +39,6 @@ def _pair(sim, obs):
 
 
 def _undefined_is_nan(fn):
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -116,8 +116,7 @@ def table(sim: np.ndarray, obs: np.ndarray, basins, metrics=METRICS) -> pd.DataF
     ``n_missing``."""
     rows = []
     for i, b in enumerate(basins):
-        with np.errstate(all="ignore"):  # undefined is NaN (see the module doc), never a warning
-            row = {m: FUNCS[m](sim[i], obs[i]) for m in metrics}
+        row = {m: FUNCS[m](sim[i], obs[i]) for m in metrics}  # undefined: NaN, no warning
         row["n_obs"] = int(np.isfinite(obs[i]).sum())
         row["n_missing"] = int((~np.isfinite(np.asarray(obs[i], dtype=np.float64))).sum())
         rows.append(row)

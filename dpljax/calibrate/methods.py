@@ -11,7 +11,9 @@ A method is registered in :data:`METHODS` and has
 - ``done(state) -> (R,) bool``, ``fraction(state) -> float`` (of the work) and
   ``status(state) -> str`` (for progress);
 - ``best(state) -> (x (R, n) physical, objective (R,), n_evals (R,))`` and
-  ``report(state) -> {name: (R,) array}`` (what else is worth keeping per row).
+  ``report(state) -> {name: (R,) array}`` (what else is worth keeping per row);
+- optionally ``independent_rows = True`` (a class attribute): no row's search reads another
+  row, so on several devices each device's rows may run as a program of their own.
 """
 from __future__ import annotations
 

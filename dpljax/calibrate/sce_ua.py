@@ -335,12 +335,17 @@ def _accept(c: _Complex, cand, fc, n_steps):
     return c._replace(x=x, f=f, phase=phase, step=step)
 
 
+def _dims(st: SCEState) -> tuple[int, int, int, int]:
+    """``(s, n, p, m)``: population size, dimensions, complexes, points per complex."""
+    s, n = st.x.shape
+    p = st.n_complexes.shape[0]
+    return s, n, p, s // p
+
+
 def _start_loop(st: SCEState) -> SCEState:
     """Partition the sorted population into complexes: complex k holds ranks k, k + p, k + 2p,
     ... (each complex stays sorted); every complex starts a new CCE step."""
-    s, n = st.x.shape
-    p = st.n_complexes.shape[0]
-    m = s // p
+    s, n, p, m = _dims(st)
     key, k_loop = jax.random.split(st.key)
     x = st.x.reshape(m, p, n).swapaxes(0, 1).reshape(s, n)
     f = st.f.reshape(m, p).T.reshape(s)
@@ -353,9 +358,7 @@ def _start_loop(st: SCEState) -> SCEState:
 def _evolve(fun, st: SCEState) -> SCEState:
     """One evaluation round: every complex that has not finished its ``beta`` steps evaluates
     the one point its CCE needs next."""
-    s, n = st.x.shape
-    p = st.n_complexes.shape[0]
-    m = s // p
+    s, n, p, m = _dims(st)
     cs = _Complex(st.x.reshape(p, m, n), st.f.reshape(p, m), st.phase, st.cce_step, st.sub,
                   st.centroid, st.f_worst)
     keys = jax.random.split(jax.random.fold_in(st.loop_key, st.round), p)
@@ -380,9 +383,7 @@ def _loop_over(st: SCEState):
 
 def _finish_loop(st: SCEState) -> SCEState:
     """Shuffle (merge the complexes and sort), record the best, check the stopping rules."""
-    s, n = st.x.shape
-    p = st.n_complexes.shape[0]
-    m = s // p
+    s, n, p, m = _dims(st)
     x = st.x.reshape(p, m, n).swapaxes(0, 1).reshape(s, n)
     f = st.f.reshape(p, m).T.reshape(s)
     order = jnp.argsort(f, stable=True)
