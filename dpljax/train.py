@@ -253,31 +253,33 @@ class RunPlan:
 
 
 class Progress:
-    """A progress bar over the steps (``train.progress``), else one JSON line per epoch."""
+    """Progress of the steps (``train.progress``): a bar on a terminal, else a plain line at
+    most every :data:`dpljax.progress.LOG_INTERVAL_S` seconds (no carriage returns in a log
+    file; :mod:`dpljax.progress`); one JSON line per epoch unless the bar is shown."""
 
-    def __init__(self, enabled: bool, total: int, start: int, log: Callable):
-        self.log, self.bar = log, None
-        if enabled:
-            from tqdm.auto import tqdm
+    def __init__(self, enabled: bool, total: int, start: int, log: Callable, stream=None):
+        from .progress import Progress as _Shared
 
-            self.bar = tqdm(total=total, initial=start, desc="train", mininterval=0.5, dynamic_ncols=True)
+        self.log = log
+        self.shared = _Shared(enabled, total, desc="train", unit="steps", start=start, log=log, stream=stream)
 
     def step(self, step: int, loss) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if step % 10 == 0:
-                self.bar.set_postfix(loss=f"{float(loss):.4f}")
+        if not self.shared.enabled:
+            return
+        if self.shared.is_bar:  # the loss is read (a device sync) only every 10 steps
+            self.shared.update(step + 1, f"loss={float(loss):.4f}" if step % 10 == 0 else "")
+        else:  # ... or when a line is written
+            self.shared.update(step + 1, lambda: f"loss={float(loss):.4f}")
 
     def epoch(self, entry: dict) -> None:
-        if self.bar is None:
+        if not self.shared.is_bar:
             self.log(json.dumps(entry))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
+        self.shared.close()
 
 
 class Run:

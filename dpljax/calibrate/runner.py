@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import sys
 import time
 import zlib
 from dataclasses import asdict
@@ -41,6 +40,7 @@ from ..config import ConfigError, check_options
 from ..data.dataset import fit_normalizer, load_with_report, prepare
 from ..data.normalize import Normalizer
 from ..experiment import SECTIONS, build, write_run_info
+from ..progress import Progress
 from ..resume import changes
 from ..rundir import run_lock, write_json
 from .methods import METHODS, BasinData
@@ -137,29 +137,6 @@ def _load_state(path: Path, like):
     return state, meta
 
 
-class _Progress:
-    def __init__(self, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=1000, desc="calibrating", unit="‰", file=sys.stderr,
-                            disable=not sys.stderr.isatty())
-        self.last_log = 0.0
-
-    def update(self, frac: float, text: str, log):
-        if self.bar is not None and not self.bar.disable:
-            self.bar.n = int(frac * 1000)
-            self.bar.set_postfix_str(text, refresh=True)
-        elif time.monotonic() - self.last_log > 60:
-            log(f"calibration: {100 * frac:.1f}% ({text})")
-            self.last_log = time.monotonic()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
     """Calibrate every basin, then score the test period; everything lands in ``run_dir``
     (locked while the calibration runs: see :mod:`dpljax.rundir`)."""
@@ -221,13 +198,13 @@ def _run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
                     "wall_time_s": wall_before + time.perf_counter() - t0}
     every = (exp.train.checkpoint_minutes or 10.0) * 60
     last_save = time.monotonic()
-    bar = _Progress(exp.train.progress)
+    bar = Progress(exp.train.progress, 1000, desc="calibrating", unit="‰", log=log, show_rate=False)
     advance = _row_parallel(method, problem, devices)
     try:
         while not method.done(state).all():
             state = advance(data, state)
             chunk += 1
-            bar.update(method.fraction(state), method.status(state), log)
+            bar.update(int(method.fraction(state) * 1000), method.status(state))
             if time.monotonic() - last_save > every:
                 _save_state(ckpt, state, meta())
                 last_save = time.monotonic()
