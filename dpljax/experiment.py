@@ -179,6 +179,16 @@ def check_against_data(exp: Experiment, ds, report: LoadReport | None = None) ->
                           f"experiment trains on{why}; set train.batch_basins <= {n}")
 
 
+def no_attributes_note(exp: Experiment) -> str:
+    """What a network without attributes (``data.attributes=[]``) can learn, said once."""
+    if NETS[exp.net_name].is_sequence:
+        return (f"data: no static attributes (data.attributes=[]): net={exp.net_name} learns each basin's "
+                f"parameters from its forcings {list(exp.data.net_forcing)} alone")
+    return (f"data: no static attributes (data.attributes=[]): net={exp.net_name} sees nothing that tells "
+            "basins apart and learns one parameter set shared by every basin (a regional calibration); "
+            "list attributes in data.attributes, or use net=lstm to learn parameters from each basin's forcings")
+
+
 def _fingerprint(arrays) -> str:
     h = hashlib.sha256()
     for a in jax.tree.leaves(arrays):
@@ -252,6 +262,8 @@ def _run_locked(exp: Experiment, config: dict, run_dir: Path, log) -> dict:
     ds, report = load_with_report(exp.data, log=log, forcing=exp.dpl.model.forcing)
     basins = ds["basin"].values.tolist()
     check_against_data(exp, ds, report)
+    if not exp.data.attributes:
+        log(no_attributes_note(exp))
     test_ds = E.load_test_data(exp, ds, log)  # test basins checked now, not after training
     norm = fit_normalizer(exp.data, ds)
     norm_d = json.loads(json.dumps(asdict(norm)))

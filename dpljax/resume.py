@@ -51,11 +51,25 @@ def flat(d: Any, prefix: str = "") -> dict:
     return out
 
 
+def _implicit(config: Any) -> Any:
+    """An experiment config with the data keys that older configs lack (``data.attributes``,
+    ``data.variables``) set to what their absence meant, so that the two spell one experiment
+    alike."""
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        return config
+    from .data.contract import ATTRIBUTES_35
+
+    data = {"attributes": list(ATTRIBUTES_35), **config["data"]}
+    if not data.get("variables"):  # absent, null or {}: the contract's names
+        data.pop("variables", None)
+    return {**config, "data": data}
+
+
 def changes(old: Any, new: Any, ignore=()) -> list[tuple[str, Any, Any]]:
     """``(key, old value, new value)`` for each flattened key (see :func:`flat`) where two
     nested configs differ, ``"<absent>"`` standing for a side that lacks the key; keys in
     ``ignore`` are skipped."""
-    a, b = flat(old), flat(new)
+    a, b = flat(_implicit(old)), flat(_implicit(new))
     return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
             if k not in ignore and a.get(k, "<absent>") != b.get(k, "<absent>")]
 
@@ -111,8 +125,9 @@ def experiment_view(exp) -> dict:
     section is compared by :func:`check_resume`; the data's location may move)."""
     data = asdict(exp.data)
     data.pop("source")
-    if not data.get("attribute_missing_codes"):  # absent from older checkpoints: same meaning
-        data.pop("attribute_missing_codes", None)
+    for k in ("attribute_missing_codes", "variables"):  # absent from older checkpoints: same meaning
+        if not data.get(k):
+            data.pop(k, None)
     view = {s: exp.config[s] for s in ("model", "net", "loss", "optim")}
     view["data"] = data
     return json.loads(json.dumps(view))

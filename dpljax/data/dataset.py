@@ -34,7 +34,15 @@ class DataConfig:
       test_basins: basins scored on the test period when they differ from the training
         basins (prediction in ungauged basins, PUB); same forms as ``basins``; ``None``: the
         training basins. Test basins need no observations in the training period.
-      attributes: static attributes fed to the network.
+      attributes: static attributes fed to the network (names in the store); default the 35
+        CAMELS attributes of the reference studies (:data:`~dpljax.data.contract.ATTRIBUTES_35`).
+        An empty list: no attribute. A sequence network (``net=lstm``) then learns parameters
+        from each basin's forcings alone; a static one (``net=mlp``) gets one constant input and
+        so learns one parameter set shared by every basin (a regional calibration), since
+        nothing else tells the basins apart.
+      variables: the store's own names of contract variables, ``{contract name: store name}``
+        (e.g. ``{prcp: P_mm, tmean: T_C, streamflow: Q_mm}``); applied on load, so every other
+        key (``attributes`` aside, which names the store's attributes) uses contract names.
       train, valid, test: ``(start, end)`` dates, inclusive; ``valid`` may be ``None``.
       test_warmup_days: days run before the test period and left out of its metrics;
         ``None`` uses the length of the training period (the reference practice), capped by
@@ -68,12 +76,14 @@ class DataConfig:
     on_bad_basin: str = "error"
     tmin_above_tmax: str = "error"
     attribute_missing_codes: Sequence[float] = ()
+    variables: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.source, (str, Path)):
             raise ValueError(f"data.source must be 'sample' or a path, got {self.source!r}")
         self.source = str(self.source)
         self.attributes = _names("data.attributes", self.attributes)
+        self.variables = _mapping("data.variables", self.variables)
         self.net_forcing = _names("data.net_forcing", self.net_forcing)
         if not isinstance(self.target, str):
             raise ValueError(f"data.target must be a variable name, got {self.target!r}")
@@ -112,6 +122,21 @@ def _names(key: str, value) -> tuple[str, ...]:
             or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{key} must be a list of variable names, got {value!r}")
     return tuple(value)
+
+
+def _mapping(key: str, value) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                              for k, v in value.items()):
+        raise ValueError(f"{key} must map contract names to the store's names, e.g. "
+                         f"{{prcp: P_mm, tmean: T_C}}, got {value!r}")
+    seen: dict[str, str] = {}
+    for k, v in value.items():
+        if v in seen:
+            raise ValueError(f"{key}: {seen[v]!r} and {k!r} are both read from {v!r}")
+        seen[v] = k
+    return dict(value)
 
 
 def _period(key: str, value) -> Period:
@@ -225,6 +250,35 @@ def source_variables(names: Sequence[str], ds: xr.Dataset) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def rename_variables(ds: xr.Dataset, mapping: dict[str, str], log=None) -> xr.Dataset:
+    """The store's variables renamed to the contract's names (``data.variables``:
+    ``{contract name: store name}``). A store variable that already has a contract name which
+    the mapping reads from elsewhere is set aside (and said so)."""
+    if not mapping:
+        return ds
+    missing = {k: v for k, v in mapping.items() if v not in ds.variables}
+    if missing:
+        have = sorted(str(v) for v in ds.data_vars)
+        shown = ", ".join(have[:30]) + (f" (+{len(have) - 30} more)" if len(have) > 30 else "")
+        raise contract.DataError("data.variables reads " + ", ".join(f"{k!r} from {v!r}" for k, v in missing.items())
+                                 + f", but the store has no such variable (its variables: {shown})")
+    shadowed = [k for k, v in mapping.items() if k != v and k in ds.variables]
+    if shadowed:
+        (log or print)(f"data: the store's own {shadowed} not used: data.variables reads "
+                       + ", ".join(f"{k} from {mapping[k]!r}" for k in shadowed))
+        ds = ds.drop_vars(shadowed)
+    return ds.rename({v: k for k, v in mapping.items() if k != v})
+
+
+def _say_which_tmean(ds: xr.Dataset, names, log) -> None:
+    """``tmean`` may come from the store or be derived from ``tmax``/``tmin``; when the store
+    has both, its own ``tmean`` is used: say so."""
+    if "tmean" in names and "tmean" in ds.variables and "tmax" in ds.variables and "tmin" in ds.variables:
+        (log or print)("data: the store has tmean as well as tmax and tmin: the model uses the store's "
+                       "tmean (tmax and tmin are not read); drop tmean from the store to use "
+                       "(tmax + tmin) / 2")
+
+
 def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
                      require_train_obs: bool = True,
                      forcing: Sequence[str] = ()) -> tuple[xr.Dataset, LoadReport]:
@@ -241,7 +295,9 @@ def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
     logged (``log``, default ``print``) with its reason.
     """
     ds = open_source(cfg.source) if ds is None else ds
+    ds = rename_variables(ds, cfg.variables, log=log)
     dyn_needed = sorted(set(source_variables([*forcing, *cfg.net_forcing], ds)))
+    _say_which_tmean(ds, [*forcing, *cfg.net_forcing], log)
     contract.check_structure(ds, dyn_needed + [cfg.target], cfg.attributes)
     ds = select_basins(ds, cfg.basins)
     if ds.sizes["basin"] == 0:
@@ -252,7 +308,7 @@ def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
     for name, (s, e) in periods.items():
         contract.check_period(ds, name, s, e)
     keep = list(dict.fromkeys(dyn_needed + [cfg.target] + list(cfg.attributes)))
-    _check_chunk_files(cfg.source, dyn_needed)
+    _check_chunk_files(cfg.source, [cfg.variables.get(v, v) for v in dyn_needed])
     ds = ds[keep]
     for v in keep:  # read now, one variable at a time, so that a bad chunk is named
         try:
