@@ -3,7 +3,10 @@
     dpljax [experiment=NAME] [key=value ...] [-m]   train + test an experiment (Hydra)
     dpljax evaluate RUN_DIR                         re-run a saved model (or calibration) on
                                                     its test period (PUB: every fold, pooled)
+    dpljax predict RUN_DIR DATA [--start --end ...] run a trained dPL model on other basins or
+                                                    periods (no streamflow needed): predictions.zarr
     dpljax data camels-us SOURCE_DIR OUT.zarr       convert the official CAMELS-US layout
+    dpljax data csv SOURCE_DIR OUT.zarr             convert a folder of CSV files, one per basin
 """
 from __future__ import annotations
 
@@ -80,6 +83,36 @@ def _evaluate(argv):
     evaluate_run(run_dir)
 
 
+def _predict(argv):
+    p = argparse.ArgumentParser(prog="dpljax predict", description="Run a trained dPL model (RUN_DIR) on the "
+                                "basins of DATA over a period of one's choosing; DATA needs the forcings and "
+                                "attributes the run was trained with, streamflow is optional. Writes "
+                                "predictions.zarr (streamflow and physical parameters), summary.json and, "
+                                "where DATA has observations, metrics.csv.")
+    p.add_argument("run_dir", help="a finished dPL run directory (not a calibration)")
+    p.add_argument("data", help="a zarr store following the data contract, or 'sample'")
+    p.add_argument("--start", default=None, help="first day predicted, YYYY-MM-DD (default: the store's first "
+                   "day after the warm-up)")
+    p.add_argument("--end", default=None, help="last day predicted (default: the store's last day)")
+    p.add_argument("--basins", nargs="*", default=None, help="basin ids (default: all of DATA)")
+    p.add_argument("--warmup-days", type=int, default=None, help="days run before --start and not written "
+                   "(default: as the run's own evaluation: data.test_warmup_days, else its training length)")
+    p.add_argument("--variables", nargs="*", default=None, metavar="NAME=STORE_NAME",
+                   help="the store's own names of contract variables (default: the run's data.variables)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/prediction)")
+    args = p.parse_args(argv)
+    variables = None
+    if args.variables is not None:
+        bad = [v for v in args.variables if v.count("=") != 1 or not all(v.split("="))]
+        if bad:
+            p.error(f"--variables takes NAME=STORE_NAME pairs, got {bad}")
+        variables = dict(v.split("=") for v in args.variables)
+    from .predict import predict_run
+
+    predict_run(args.run_dir, args.data, out=args.out, start=args.start, end=args.end, basins=args.basins,
+                warmup_days=args.warmup_days, variables=variables)
+
+
 def _data(argv):
     p = argparse.ArgumentParser(prog="dpljax data", description="Dataset tools.")
     sub = p.add_subparsers(dest="what", required=True)
@@ -87,12 +120,37 @@ def _data(argv):
     c.add_argument("source_dir")
     c.add_argument("out")
     c.add_argument("--basins", nargs="*", default=None, help="basin ids (default: every forcing file found)")
+    v = sub.add_parser("csv", help="convert a folder of CSV files, one per basin (+ attributes.csv), to the "
+                       "dataset contract (zarr); layout: README 'Bring your own data'")
+    v.add_argument("source_dir", help="folder of <basin id>.csv files (a 'date' column YYYY-MM-DD and one column "
+                   "per daily variable: prcp, tmean or tmax+tmin, pet [, streamflow]; mm/day and degC)")
+    v.add_argument("out")
+    v.add_argument("--attributes", default=None, help="CSV of static attributes, one row per basin, a 'basin' "
+                   "column (default: SOURCE_DIR/attributes.csv when present)")
+    v.add_argument("--date-column", default="date", help="name of the date column (default: date)")
+    v.add_argument("--basins", nargs="*", default=None, help="basin ids (default: every CSV file found)")
+    v.add_argument("--missing-values", nargs="*", type=float, default=(),
+                   help="numbers that mean missing (e.g. -999); without it such codes are an error")
     args = p.parse_args(argv)
-    from .data.camels import read_camels_us, write_zarr
+    from .data.camels import write_zarr
 
-    ds = read_camels_us(args.source_dir, basins=args.basins)
+    if args.what == "csv":
+        from .data.csvdir import read_csv_dir
+
+        ds = read_csv_dir(args.source_dir, attributes=args.attributes, date_column=args.date_column,
+                          basins=args.basins, missing_values=args.missing_values)
+    else:
+        from .data.camels import read_camels_us
+
+        ds = read_camels_us(args.source_dir, basins=args.basins)
     write_zarr(ds, args.out)
-    print(f"wrote {args.out}: {ds.sizes['basin']} basins x {ds.sizes['time']} days")
+    line = f"wrote {args.out}: {ds.sizes['basin']} basins x {ds.sizes['time']} days"
+    if args.what == "csv":
+        t = ds["time"].values
+        line += (f" ({str(t[0])[:10]}..{str(t[-1])[:10]}); daily variables "
+                 f"{[str(k) for k in ds.data_vars if ds[k].dims == ('basin', 'time')]}; "
+                 f"{sum(ds[k].dims == ('basin',) for k in ds.data_vars)} attribute(s)")
+    print(line)
 
 
 def _user_errors(prog: str, fn, argv) -> None:
@@ -145,6 +203,9 @@ def main(argv=None) -> None:
         return
     if argv and argv[0] == "data":
         _user_errors("dpljax data", _data, argv[1:])
+        return
+    if argv and argv[0] == "predict":
+        _user_errors("dpljax predict", _predict, argv[1:])
         return
     argv = _lock_before_hydra(argv)
     sys.argv = [sys.argv[0]] + argv

@@ -232,6 +232,24 @@ def median_line(summary: dict, what: str = "test") -> str:
     return f"median {what} NSE: {m:.4f}"
 
 
+def load_trained(run_dir: str | Path):
+    """A finished dPL run's model: ``(experiment, normalizer, graphdef, network state)``,
+    after :func:`~dpljax.rundir.check_finished_run` found its files consistent."""
+    run_dir = Path(run_dir)
+    config = check_finished_run(run_dir)
+    from .experiment import build
+
+    exp = build(config)
+    norm = Normalizer.from_json(run_dir / "normalizer.json")
+    net = exp.make_net(len(norm.dynamic), len(norm.static))
+    graphdef, like = nnx.split(net)
+    try:
+        state, _ = load_checkpoint(run_dir / "weights.npz", like)
+    except ValueError as e:
+        raise RunDirError(f"{e}; does config.yaml still describe the network the run trained?") from None
+    return exp, norm, graphdef, state
+
+
 def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
     """Re-run a saved model on its test period and recompute its metrics from scratch.
 
@@ -239,19 +257,8 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
     :class:`~dpljax.rundir.RunDirError` naming the problem) when its files disagree: an
     unfinished run, missing or corrupt weights, an edited ``config.yaml``."""
     run_dir = Path(run_dir)
-    config = check_finished_run(run_dir)
-    from .experiment import build
-
-    exp = build(config)
+    exp, norm, graphdef, state = load_trained(run_dir)
     ds = load_test_data(exp, log=log)
-    norm = Normalizer.from_json(run_dir / "normalizer.json")
-    n_dyn, n_static = len(norm.dynamic), len(norm.static)
-    net = exp.make_net(n_dyn, n_static)
-    graphdef, like = nnx.split(net)
-    try:
-        state, _ = load_checkpoint(run_dir / "weights.npz", like)
-    except ValueError as e:
-        raise RunDirError(f"{e}; does config.yaml still describe the network the run trained?") from None
     with run_lock(run_dir):
         out = run_dir / "evaluation" if write else run_dir
         out.mkdir(exist_ok=True)
