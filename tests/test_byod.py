@@ -160,6 +160,13 @@ def test_data_config_keys(sample):
         load_with_report(DataConfig(variables={"prcp": "precip"}), renamed, log=QUIET)
     ds, _ = load_with_report(DataConfig(variables={"prcp": "P_mm"}), renamed, log=QUIET)
     assert np.array_equal(ds["prcp"].values, sample["prcp"].values)
+    # what the store lacks, in the config's terms
+    own = sample[["prcp", "pet", "streamflow", "aridity"]].assign(temp=sample["tmax"])
+    with pytest.raises(DataError, match=r"dataset lacks variable\(s\) \['tmean', 'p_mean'\]; 'tmean' may instead be "
+                                        r"derived from 'tmax' and 'tmin'; .*map them: data.variables=\{tmean: <store "
+                                        r"name>\}; \['p_mean'\] are listed in data.attributes: .*; the store has: "
+                                        r"aridity, pet, prcp, streamflow, temp$"):
+        load_with_report(DataConfig(attributes=["aridity", "p_mean"]), own, log=QUIET)
     # tmean beside tmax and tmin: the store's tmean is used, and said so
     both = sample.assign(tmean=((sample["tmax"] + sample["tmin"]) / 2 + 0.5).astype(np.float32))
     lines = []

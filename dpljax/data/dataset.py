@@ -270,6 +270,30 @@ def rename_variables(ds: xr.Dataset, mapping: dict[str, str], log=None) -> xr.Da
     return ds.rename({v: k for k, v in mapping.items() if k != v})
 
 
+def _check_present(ds: xr.Dataset, cfg: DataConfig, forcing: Sequence[str]) -> None:
+    """Name what the experiment reads and the store lacks, in the config's own terms."""
+    def has(n):
+        return n in ds.variables or (n in contract.DERIVED and all(v in ds.variables for v in contract.DERIVED[n][0]))
+
+    lacks = [n for n in dict.fromkeys([*forcing, *cfg.net_forcing, cfg.target]) if not has(n)]
+    attrs = [a for a in cfg.attributes if a not in ds.variables]
+    if not lacks and not attrs:
+        return
+    have = sorted(str(v) for v in ds.data_vars)
+    msg = f"dataset lacks variable(s) {[*lacks, *attrs]}"
+    for n in lacks:
+        if n in contract.DERIVED:
+            msg += f"; {n!r} may instead be derived from {' and '.join(map(repr, contract.DERIVED[n][0]))}"
+    if lacks:
+        msg += "; if the store names them otherwise, map them: data.variables={" + ", ".join(
+            f"{n}: <store name>" for n in lacks) + "}"
+    if attrs:
+        msg += (f"; {attrs} are listed in data.attributes: list only attributes the store has, or none "
+                "(data.attributes=[])")
+    shown = ", ".join(have[:30]) + (f" (+{len(have) - 30} more)" if len(have) > 30 else "")
+    raise contract.DataError(f"{msg}; the store has: {shown}")
+
+
 def _say_which_tmean(ds: xr.Dataset, names, log) -> None:
     """``tmean`` may come from the store or be derived from ``tmax``/``tmin``; when the store
     has both, its own ``tmean`` is used: say so."""
@@ -296,6 +320,7 @@ def load_with_report(cfg: DataConfig, ds: xr.Dataset | None = None, log=None, *,
     """
     ds = open_source(cfg.source) if ds is None else ds
     ds = rename_variables(ds, cfg.variables, log=log)
+    _check_present(ds, cfg, forcing)
     dyn_needed = sorted(set(source_variables([*forcing, *cfg.net_forcing], ds)))
     _say_which_tmean(ds, [*forcing, *cfg.net_forcing], log)
     contract.check_structure(ds, dyn_needed + [cfg.target], cfg.attributes)
