@@ -51,6 +51,9 @@ def _undefined_is_nan(fn):
 
 
 def nse(sim, obs) -> float:
+    """Nash-Sutcliffe efficiency (Nash & Sutcliffe 1970, J. Hydrol. 10, 282-290), unitless:
+    ``1 - sum (sim - obs)^2 / sum (obs - mean obs)^2`` over days with an observation; ``sim``
+    and ``obs`` are ``(T,)`` (mm/d). 1 is perfect, 0 is the skill of the observed mean."""
     s, o = _pair(sim, obs)
     if len(o) < 2:
         return np.nan
@@ -59,6 +62,7 @@ def nse(sim, obs) -> float:
 
 
 def pearson_r(sim, obs) -> float:
+    """Pearson correlation of ``sim`` and ``obs`` (``(T,)``) over days with an observation."""
     s, o = _pair(sim, obs)
     if len(o) < 2 or s.std() == 0 or o.std() == 0:
         return np.nan
@@ -66,6 +70,9 @@ def pearson_r(sim, obs) -> float:
 
 
 def kge(sim, obs) -> float:
+    """Kling-Gupta efficiency (Gupta et al. 2009, J. Hydrol. 377, 80-91), unitless:
+    ``1 - sqrt((r - 1)^2 + (alpha - 1)^2 + (beta - 1)^2)`` with ``r`` the correlation,
+    ``alpha = std(sim) / std(obs)`` and ``beta = mean(sim) / mean(obs)``; ``(T,)`` inputs."""
     s, o = _pair(sim, obs)
     if len(o) < 2 or o.mean() == 0 or o.std() == 0:
         return np.nan
@@ -74,16 +81,20 @@ def kge(sim, obs) -> float:
 
 
 def rmse(sim, obs) -> float:
+    """Root-mean-square error ``sqrt(mean (sim - obs)^2)`` in the units of the inputs (mm/d)."""
     s, o = _pair(sim, obs)
     return float(np.sqrt(np.mean((s - o) ** 2))) if len(o) else np.nan
 
 
 def bias(sim, obs) -> float:
+    """Relative volume bias ``(sum sim - sum obs) / sum obs`` (a fraction; 0.1 = 10 % too much)."""
     s, o = _pair(sim, obs)
     return float((s.sum() - o.sum()) / o.sum()) if len(o) and o.sum() != 0 else np.nan
 
 
 def fhv(sim, obs, h: float = 0.02) -> float:
+    """Percent bias of the high-flow volume (Yilmaz et al. 2008, WRR 44, W09417): the top
+    ``h`` (2 %) of each flow-duration curve, ``100 (sum sim_h - sum obs_h) / sum obs_h`` (%)."""
     s, o = _pair(sim, obs)
     if len(o) == 0:
         return np.nan
@@ -94,6 +105,9 @@ def fhv(sim, obs, h: float = 0.02) -> float:
 
 
 def flv(sim, obs, low: float = 0.3, eps: float = 1e-6) -> float:
+    """Percent bias of the low-flow volume (Yilmaz et al. 2008): the bottom ``low`` (30 %)
+    of each flow-duration curve in log space, each measured above its own minimum,
+    ``-100 (QS - QO) / QO`` with ``Q = sum (log(q + eps) - min log(q + eps))`` (%)."""
     s, o = _pair(sim, obs)
     if len(o) == 0:
         return np.nan

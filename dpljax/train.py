@@ -113,6 +113,8 @@ class NonFiniteLoss(FloatingPointError):
 
 
 def make_optimizer(tx: optax.GradientTransformation, clip_grad_norm: float | None):
+    """``tx`` preceded by clipping of the global gradient norm to ``clip_grad_norm`` (no
+    clipping when ``None`` or 0): ``g <- g * min(1, c / ||g||_2)`` over all parameters."""
     return optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx) if clip_grad_norm else tx
 
 
