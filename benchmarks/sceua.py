@@ -1,6 +1,6 @@
 """SCE-UA: dpljax.calibrate.sce_ua against spotpy's sceua (issue 12).
 
-    python -m benchmarks.sceua functions [--seeds 50]     # Duan's test functions
+    python -m benchmarks.sceua functions [--seeds 50] [--rules budget --tag budget]  # Duan's test functions
     python -m benchmarks.sceua hbv [--seeds 5 --budget 10000 --complexes 10]
     python -m benchmarks.sceua speed [--devices 2 --budget 10000]  # the 531-basin calibration vs spotpy
     python -m benchmarks.sceua full [--basins 531 --budget 10000]   # one whole calibration
@@ -128,10 +128,13 @@ def bench_functions(args) -> dict:
 
     settings = {"goldstein_price": (2, 2000), "rosenbrock": (2, 2000), "six_hump_camel": (2, 2000),
                 "hartman6": (4, 5000), "shekel5": (8, 5000), "shekel7": (8, 5000), "shekel10": (8, 5000)}
-    rules = dict(kstop=10, pcento=0.1, peps=1e-3)  # Duan's defaults, the same on both sides
+    if args.rules == "duan":  # Duan's defaults, the same on both sides
+        rules = dict(kstop=10, pcento=0.1, peps=1e-3)
+    else:  # budget only: both sides make exactly `budget` model runs
+        rules = dict(kstop=10, pcento=0.0, peps=0.0)
     doc = {"what": "success rate on Duan et al. (1992)'s test functions, dpljax sce_ua vs spotpy "
                    "sceua, same complexes, budget (true model runs) and stopping rules",
-           "seeds": args.seeds, "rules": rules,
+           "seeds": args.seeds, "rules_name": args.rules, "rules": rules,
            "success": "|f - f*| <= 1e-3 max(1, |f*|)", **_meta(probe=False), "problems": {}}
     for name, pr in PROBLEMS.items():
         if args.only and name not in args.only:
@@ -458,6 +461,9 @@ def main(argv=None):
     ap.add_argument("--spotpy-basins", type=int, default=4, help="speed: basins spotpy calibrates")
     ap.add_argument("--spotpy-budget", type=int, default=3000)
     ap.add_argument("--numpy-budget", type=int, default=100)
+    ap.add_argument("--rules", choices=["duan", "budget"], default="duan",
+                    help="functions: Duan's stopping rules (kstop 10, pcento 0.1 %%, peps 1e-3) or the "
+                         "budget alone (pcento = peps = 0: every run makes exactly --budget runs)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if args.seeds is None:
