@@ -18,7 +18,7 @@ EXE = Path(sys.executable).parent / "dpljax"
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 QUIET = lambda *a: None  # noqa: E731
 #: Tiny training on short periods (2 years + 1 test year), so a test takes seconds.
-TINY = ["train.epochs=1", "train.iters_per_epoch=5", "model.nmul=2", "net.hidden=[16]", "train.window=100",
+TINY = ["train.epochs=1", "train.iters_per_epoch=5", "model.nmul=2", "train.window=100",
         "train.warmup=50", "train.batch_basins=4", "data.train=[1995-10-01,1997-09-30]",
         "data.test=[1997-10-01,1998-09-30]"]
 OWN_NAMES = {"prcp": "P_mm", "tmean": "T_C", "pet": "PET_mm", "streamflow": "Q_mm"}
@@ -42,12 +42,15 @@ def dpljax(*args, **kw):
 
 @pytest.fixture(scope="module")
 def own_run(sample, tmp_path_factory):
-    """A model trained through the CLI on 4 basins of an own store (tmean, no attributes)."""
+    """A model trained through the CLI on 4 basins of an own store (tmean, no attributes), as the
+    README's "Bring your own data" says: an LSTM, which learns each basin's parameters from its
+    forcings."""
     tmp = tmp_path_factory.mktemp("own")
     gauged = own_store(sample, tmp / "own.zarr", list(sample["basin"].values[:4]))
     run = tmp / "run"
     mapping = "{" + ",".join(f"{k}:{v}" for k, v in OWN_NAMES.items()) + "}"
-    r = dpljax(f"data.source={gauged}", "data.attributes=[]", f"data.variables={mapping}", *TINY,
+    r = dpljax(f"data.source={gauged}", "data.attributes=[]", f"data.variables={mapping}", "net=lstm",
+               "net.hidden=16", *TINY,
                f"hydra.run.dir={run}")  # train.progress is true: the output is not a terminal
     assert r.returncode == 0, r.stderr[-3000:]
     return run, r, tmp
@@ -80,9 +83,27 @@ def test_predict_a_basin_without_streamflow(own_run, sample):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["observations"] is False and summary["warmup_start"] == "1996-12-31"  # 731 days: the training length
     assert not (out / "metrics.csv").exists()
-    # without attributes the MLP tells no basin from another: one parameter set for all
+    # without attributes the LSTM still tells basins apart, by their forcings
     fc = p["param_fc"].values
-    assert fc.shape == (2, 2) and np.array_equal(fc[0], fc[1])
+    assert fc.shape == (2, 2) and not np.allclose(fc[0], fc[1])
+
+
+def test_without_attributes_an_mlp_learns_one_parameter_set_for_all(sample, tmp_path):
+    """net=mlp on no attributes sees a constant: every basin gets the same parameters."""
+    from dpljax.experiment import run_experiment
+    from dpljax.predict import predict_run
+
+    store = own_store(sample, tmp_path / "own.zarr", list(sample["basin"].values[:3]))
+    config = small_config(data={"source": str(store), "attributes": [], "variables": OWN_NAMES,
+                                "train": ["1995-10-01", "1997-09-30"], "test": ["1997-10-01", "1998-09-30"]},
+                          train={"epochs": 1, "iters_per_epoch": 3, "window": 100, "warmup": 50,
+                                 "batch_basins": 3, "progress": False})
+    lines = []
+    run_experiment(config, tmp_path / "run", log=lines.append)
+    assert any("learns one parameter set shared by every basin" in str(x) for x in lines), lines
+    predict_run(tmp_path / "run", str(store), out=tmp_path / "pred", log=QUIET)
+    fc = xr.open_zarr(tmp_path / "pred" / "predictions.zarr")["param_fc"].values
+    assert fc.shape == (3, 2) and np.array_equal(fc[0], fc[1]) and np.array_equal(fc[1], fc[2])
 
 
 def test_predict_reproduces_the_runs_own_test_predictions(own_run):
