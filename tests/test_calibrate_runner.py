@@ -195,3 +195,32 @@ def test_rows_split_over_two_devices_give_the_same_calibration(finished, tmp_pat
     one = xr.open_zarr(run_full / "calibration.zarr")
     np.testing.assert_allclose(two["params"].sel(basin=BASINS).values, one["params"].values, rtol=1e-6)
     np.testing.assert_array_equal(two["n_evals"].sel(basin=BASINS).values, one["n_evals"].values)
+
+
+def test_a_refused_calibration_start_leaves_the_directory_as_it_was(finished, tmp_path):
+    """Every check comes before the first write: a training period the warm-up fills, a
+    finished run, or the start of another configuration's calibration (stopped before its
+    first checkpoint) is refused, and no file is created or changed."""
+    from dpljax.rundir import RunDirError
+
+    c = _config()
+    c["data"]["train"] = ["1997-10-01", "1998-09-30"]  # 365 days: all warm-up
+    with pytest.raises(ConfigError, match="training period"):
+        run_calibration(c, tmp_path / "new", log=lambda *a: None)
+    assert not any(p.name != ".dpljax.lock" for p in (tmp_path / "new").glob("*"))
+
+    run, _ = finished
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".dpljax.lock"}
+    with pytest.raises((ConfigError, RunDirError), match="already holds"):
+        run_calibration(_config(), run, log=lambda *a: None)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".dpljax.lock"} == before
+
+    started = tmp_path / "started"
+    started.mkdir()
+    other = _config(max_evals=800)
+    import yaml
+    (started / "config.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    with pytest.raises(RunDirError, match="holds the start of another run"):
+        run_calibration(_config(), started, log=lambda *a: None)
+    assert sorted(p.name for p in started.iterdir() if p.name != ".dpljax.lock") == ["config.yaml"]
+    assert yaml.safe_load((started / "config.yaml").read_text()) == other

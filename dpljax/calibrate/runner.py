@@ -42,7 +42,7 @@ from ..data.normalize import Normalizer
 from ..experiment import SECTIONS, build, write_run_info
 from ..progress import Progress
 from ..resume import changes
-from ..rundir import run_lock, write_json
+from ..rundir import check_new_start, run_lock, write_json
 from .methods import METHODS, BasinData
 from .problem import Problem
 
@@ -164,21 +164,22 @@ def _run_calibration(config: dict, run_dir: str | Path, log=print) -> dict:
         diffs = [f"{k}: {a!r} -> {b!r}" for k, a, b in changes(old["config"], config, ignore=MAY_CHANGE)]
         if diffs:
             raise ConfigError(f"cannot resume from {ckpt}: the config changed: " + "; ".join(diffs))
-    elif (run_dir / "summary.json").exists():
-        raise ConfigError(f"{run_dir} already holds a finished run; choose a new run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    info = write_run_info(run_dir, resumed=None if old is None else {"from_chunk": old["chunk"]})
+    else:  # a finished run, or the start of another configuration's, is refused
+        check_new_start(run_dir, config, ckpt)
 
+    # every check (config, data, periods) before the first file is written
     forcing_names = exp.dpl.model.forcing
     ds, report = load_with_report(exp.data, log=log, forcing=forcing_names)
     basins = [str(b) for b in ds["basin"].values.tolist()]
     norm = fit_normalizer(exp.data, ds)
-    norm.to_json(run_dir / "normalizer.json")
     arrays, _ = prepare(exp.data, ds, norm, *exp.data.train, forcing=forcing_names)
     if exp.train.warmup >= arrays.obs.shape[1]:
         raise ConfigError(f"train.warmup={exp.train.warmup} days leaves nothing of the training period "
                           f"({arrays.obs.shape[1]} days) to calibrate on")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    info = write_run_info(run_dir, resumed=None if old is None else {"from_chunk": old["chunk"]})
+    norm.to_json(run_dir / "normalizer.json")
     devices = exp.train.devices  # rows split over devices (on a CPU: one per core)
     data = _rows(arrays, n_seeds, devices)
     n_rows = len(basins) * n_seeds
