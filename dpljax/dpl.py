@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from .models.base import ProcessModel, simulate as simulate_model
@@ -51,13 +52,43 @@ class Hydrology:
         return self.routing.bounds if self.routing is not None else {}
 
     def __call__(self, params: Mapping[str, Any], routing_params: Mapping[str, Any],
-                 forcing: Mapping[str, Any], state=None) -> Result:
+                 forcing: Mapping[str, Any], state=None, detach: int = 0) -> Result:
         """``params[name]``: ``(B, nmul)`` or ``(B, T, nmul)``; ``forcing[name]``: ``(B, T)``
-        raw forcing (the names of ``model.forcing``); ``routing_params[name]``: ``(B,)``."""
+        raw forcing (the names of ``model.forcing``); ``routing_params[name]``: ``(B,)``.
+
+        ``detach > 0`` (``train.warmup_grad=false``): the first ``detach`` days are a warm-up
+        run forward only. The model runs them on stop-gradiented parameters and forcing, and
+        the later days start from the warm-up's final state as a constant: two scans, so the
+        backward pass (the model's adjoint) covers the later days only. Routing convolves the
+        whole series, so the routed flow of the first later days still holds the warm-up's
+        runoff (as a constant). Values are those of ``detach=0``; the outputs of the first
+        ``detach`` days carry no gradient."""
+        if detach:
+            return self._detached(params, routing_params, forcing, state, int(detach))
         fluxes, final = simulate_model(self.model, params, forcing, state)
         q = getattr(fluxes, self.model.output)  # runoff q, unless the model predicts another flux
         if self.routing is not None:
             q = self.routing(q, routing_params)
+        return Result(q, fluxes, final, dict(params), dict(routing_params))
+
+    def _detached(self, params, routing_params, forcing, state, d: int) -> Result:
+        sg = jax.lax.stop_gradient
+        forcing = {n: forcing[n] for n in self.model.forcing}
+        n_t = forcing[self.model.forcing[0]].shape[1]
+        if not 0 < d < n_t:
+            raise ValueError(f"detach={d} must lie in [0, {n_t}) (the series has {n_t} days)")
+        # dynamic parameters (B, T, nmul) are split in time; static ones (B, nmul) serve both
+        split = lambda v, sl: v[:, sl] if jnp.ndim(v) == 3 else v  # noqa: E731
+        p_w = {k: sg(split(v, slice(None, d))) for k, v in params.items()}
+        p_v = {k: split(v, slice(d, None)) for k, v in params.items()}
+        fl_w, s_w = simulate_model(self.model, p_w, {n: sg(v[:, :d]) for n, v in forcing.items()},
+                                   None if state is None else sg(state))
+        fl_v, final = simulate_model(self.model, p_v, {n: v[:, d:] for n, v in forcing.items()}, sg(s_w))
+        fluxes = jax.tree.map(lambda a, b: jnp.concatenate([sg(a), b], 1), fl_w, fl_v)
+        q = getattr(fluxes, self.model.output)
+        if self.routing is not None:
+            q = self.routing(q, routing_params)
+            q = jnp.concatenate([sg(q[:, :d]), q[:, d:]], 1)
         return Result(q, fluxes, final, dict(params), dict(routing_params))
 
 
@@ -71,8 +102,12 @@ class NetworkSource:
     def __init__(self, graphdef):
         self.graphdef = graphdef
 
-    def __call__(self, theta, batch, key=None):
+    def __call__(self, theta, batch, key=None, detach: int = 0):
+        """``detach > 0``: a sequence network runs its first ``detach`` steps forward only
+        (see :meth:`dpljax.nets.LSTM.__call__`); a static network has no steps to detach."""
         net = nnx.merge(self.graphdef, theta)
+        if detach and getattr(net, "is_sequence", False):
+            return net(batch.x_dynamic, batch.x_static, key=key, detach=detach)
         return net(batch.x_dynamic, batch.x_static, key=key)
 
 
@@ -80,7 +115,7 @@ class TableSource:
     """Raw parameters from a table, one row per basin of the batch: ``theta (B, n_outputs)``
     (static parameters and routing; the layout of :class:`~dpljax.params.ParameterSpace`)."""
 
-    def __call__(self, theta, batch=None, key=None):
+    def __call__(self, theta, batch=None, key=None, detach: int = 0):
         return theta
 
 
@@ -120,9 +155,12 @@ class DPL:
     def model(self) -> ProcessModel:
         return self.chain.model
 
-    def from_raw(self, raw, forcing: Mapping[str, Any], state=None) -> Result:
-        """Raw values ``(B, n_outputs)`` or ``(B, T, n_outputs)`` -> the chain's :class:`Result`."""
+    def from_raw(self, raw, forcing: Mapping[str, Any], state=None, detach: int = 0) -> Result:
+        """Raw values ``(B, n_outputs)`` or ``(B, T, n_outputs)`` -> the chain's :class:`Result`
+        (``detach``: see :meth:`Hydrology.__call__`)."""
         params, rparams = self.space.to_physical(raw)
+        if detach:
+            return self.chain(params, rparams, forcing, state, detach=detach)
         return self.chain(params, rparams, forcing, state)
 
     def __call__(self, net: nnx.Module, x_dynamic, x_static, forcing, *, key: jax.Array | None = None,
@@ -137,8 +175,17 @@ jax.tree_util.register_pytree_node(
     DPL, lambda d: ((d.chain,), d.space), lambda space, c: DPL(c[0], space))
 
 
-def simulate(dpl: DPL, source, theta, batch, key=None) -> Result:
+def simulate(dpl: DPL, source, theta, batch, key=None, detach: int = 0) -> Result:
     """The composition as a pure function of ``theta`` (and of ``dpl``'s weights, if any):
     what is jit-compiled and differentiated. ``batch`` has ``forcing`` (a mapping of
-    ``(B, T)`` arrays), and what the source reads (``x_dynamic``, ``x_static``)."""
-    return dpl.from_raw(source(theta, batch, key), batch.forcing)
+    ``(B, T)`` arrays), and what the source reads (``x_dynamic``, ``x_static``).
+
+    ``detach > 0`` (``train.warmup_grad=false``): the first ``detach`` days are a warm-up run
+    forward only. The values are unchanged; the gradient is that of the later days' outputs
+    with the warm-up's end treated as a constant: the process model's state (and the warm-up
+    runoff that routing carries into the later days), and a sequence network's hidden state.
+    Parameters shared by both parts (static ones, routing) get their gradient through the
+    later days. The backward pass then skips the warm-up altogether."""
+    if not detach:
+        return dpl.from_raw(source(theta, batch, key), batch.forcing)
+    return dpl.from_raw(source(theta, batch, key, detach=detach), batch.forcing, detach=detach)

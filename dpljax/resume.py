@@ -51,10 +51,16 @@ def flat(d: Any, prefix: str = "") -> dict:
     return out
 
 
+#: Train keys that older configs and checkpoints lack, with what their absence meant.
+TRAIN_IMPLICIT = {"warmup_grad": True}
+
+
 def _implicit(config: Any) -> Any:
-    """An experiment config with the data keys that older configs lack (``data.attributes``,
-    ``data.variables``) set to what their absence meant, so that the two spell one experiment
-    alike."""
+    """An experiment config with the keys that older configs lack (``data.attributes``,
+    ``data.variables``, :data:`TRAIN_IMPLICIT`) set to what their absence meant, so that the
+    two spell one experiment alike."""
+    if isinstance(config, dict) and isinstance(config.get("train"), dict):
+        config = {**config, "train": {**TRAIN_IMPLICIT, **config["train"]}}
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         return config
     from .data.contract import ATTRIBUTES_35
@@ -82,9 +88,10 @@ def differences(old: CheckpointMeta, cfg, extra: dict, *, ipe: int | None = None
     the run (``scheduled``), ``train.epochs`` too."""
     diffs = []
     new_cfg = asdict(cfg)
+    old_cfg = {**TRAIN_IMPLICIT, **old.config}
     for k, v in new_cfg.items():
-        if k not in RESUMABLE_CHANGES and k in old.config and old.config[k] != v:
-            diffs.append(f"train.{k} was {old.config[k]!r}, now {v!r}")
+        if k not in RESUMABLE_CHANGES and k in old_cfg and old_cfg[k] != v:
+            diffs.append(f"train.{k} was {old_cfg[k]!r}, now {v!r}")
     if key_data is not None and old.key_data not in (None, key_data) and not diffs:
         diffs.append("the random key derived from train.seed differs")
     if ipe is not None and old.iters_per_epoch not in (None, ipe):
@@ -145,6 +152,8 @@ def resume_config(composed: dict, run_dir: str | Path, overrides: list[str], log
     saved = yaml.safe_load(saved_path.read_text())
     out = copy.deepcopy(saved)
     out.setdefault("train", {})["resume"] = True
+    if isinstance(saved.get("train"), dict):  # compared as today's keys spell it; ``out`` stays as saved
+        saved = {**saved, "train": {**TRAIN_IMPLICIT, **saved["train"]}}
     missing = object()
 
     def get(d, parts):

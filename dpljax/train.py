@@ -53,7 +53,11 @@ class TrainConfig:
     ``clip_grad_norm``: clip the gradient to this global norm before the optimiser;
     ``resume``: continue from the run directory's ``checkpoints/last.npz``;
     ``devices``: split each batch's basins over this many devices (host CPU devices, one per
-    core, on a CPU; see :mod:`dpljax.parallel`); ``batch_basins`` must be a multiple of it.
+    core, on a CPU; see :mod:`dpljax.parallel`); ``batch_basins`` must be a multiple of it;
+    ``warmup_grad``: backpropagate through the warm-up days too (True, the reference
+    practice), or run them forward only (False): the window then starts from the warm-up's
+    state as a constant (process model, and a sequence network's hidden state), so the
+    backward pass covers the window alone (:func:`dpljax.dpl.simulate`, ``detach``).
     """
 
     epochs: int = 20
@@ -70,6 +74,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     devices: int = 1
+    warmup_grad: bool = True
 
     def __post_init__(self):
         def integer(name, lo, optional=False):
@@ -103,7 +108,7 @@ class TrainConfig:
                              f"train.devices={self.devices} (each device takes an equal share)")
         if self.nan_policy not in ("skip", "halt"):
             raise ValueError(f"train.nan_policy must be 'skip' or 'halt', got {self.nan_policy!r}")
-        for name in ("resume", "progress"):
+        for name in ("resume", "progress", "warmup_grad"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -184,6 +189,7 @@ def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn:
     graphdef: the network's state is ``theta``). ``arrays`` and the state are arguments."""
     source = as_source(source)
     n_b, warmup, length = cfg.batch_basins, cfg.warmup, cfg.warmup + cfg.window
+    detach = 0 if cfg.warmup_grad else warmup  # warm-up forward only (no backward through it)
     mesh = basin_mesh(cfg.devices) if cfg.devices > 1 else None
 
     def step_fn(dpl, state: TrainState, arrays: Arrays, seed_key) -> tuple[TrainState, StepInfo]:
@@ -194,7 +200,7 @@ def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn:
             b = shard_basins(b, mesh)
 
         def loss_of(theta):
-            q = simulate(dpl, source, theta, b, key=k_drop).q
+            q = simulate(dpl, source, theta, b, key=k_drop, detach=detach).q
             return loss_fn(q[:, warmup:], b.obs[:, warmup:], b.obs_std)
 
         loss, grads = jax.value_and_grad(loss_of)(state.theta)

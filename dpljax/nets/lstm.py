@@ -34,16 +34,41 @@ class LSTM(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
         self.head = nnx.Linear(h, n_out, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x_dynamic, x_static, *, key: jax.Array | None = None):
+    def __call__(self, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0):
+        """Raw parameters ``(B, T, n_out)``. ``detach > 0`` (``train.warmup_grad=false``):
+        the first ``detach`` steps are computed forward only: same values, but no gradient
+        flows through them, nor through the hidden state ``(h, c)`` entering step ``detach``,
+        so the backward pass (recurrence, input projection, head) covers the later steps only."""
         b, t, _ = x_dynamic.shape
         x = jnp.concatenate([x_dynamic, jnp.broadcast_to(x_static[:, None, :], (b, t, x_static.shape[-1]))], -1)
-        x = jax.nn.relu(self.inp(x))
-        gates_x = jnp.swapaxes(x @ self.w_ih[...] + self.b[...], 0, 1)  # (T, B, 4H) time-major
-        _, hs = lstm_recurrence(gates_x, self.w_hh[...])
-        hs = jnp.swapaxes(hs, 0, 1)  # (B, T, H)
+        d = int(detach)
+        if d == 0:
+            x = jax.nn.relu(self.inp(x))
+            gates_x = jnp.swapaxes(x @ self.w_ih[...] + self.b[...], 0, 1)  # (T, B, 4H) time-major
+            _, hs = lstm_recurrence(gates_x, self.w_hh[...])
+            hs = jnp.swapaxes(hs, 0, 1)  # (B, T, H)
+            return self.head(self._dropout(hs, key))
+        if not 0 < d < t:
+            raise ValueError(f"detach={d} must lie in [0, {t}) (the sequence has {t} steps)")
+        sg = jax.lax.stop_gradient
+        # Warm-up steps: the same operations on stop-gradiented weights (no tangent, so no
+        # residuals and no backward); the window starts from the constant state (h, c).
+        k_in, b_in, w_ih, bias, w_hh = (sg(v) for v in (self.inp.kernel[...], self.inp.bias[...],
+                                                          self.w_ih[...], self.b[...], self.w_hh[...]))
+        xw = jax.nn.relu(x[:, :d] @ k_in + b_in)
+        (h, c), hs_w = lstm_recurrence(jnp.swapaxes(xw @ w_ih + bias, 0, 1), w_hh)
+        xv = jax.nn.relu(self.inp(x[:, d:]))
+        gates_v = jnp.swapaxes(xv @ self.w_ih[...] + self.b[...], 0, 1)
+        _, hs_v = lstm_recurrence_from(gates_v, self.w_hh[...], sg(h), sg(c))
+        hs = jnp.swapaxes(jnp.concatenate([sg(hs_w), hs_v], 0), 0, 1)  # (B, T, H)
+        hs = self._dropout(hs, key)  # one mask over all T steps, as without detach
+        raw_w = hs[:, :d] @ sg(self.head.kernel[...]) + sg(self.head.bias[...])
+        return jnp.concatenate([sg(raw_w), self.head(hs[:, d:])], 1)
+
+    def _dropout(self, hs, key):
         if key is not None and self.dropout.rate > 0:
-            hs = self.dropout(hs, deterministic=False, rngs=key)
-        return self.head(hs)
+            return self.dropout(hs, deterministic=False, rngs=key)
+        return hs
 
 
 # The recurrence with a hand-written backward pass. Autodiff of the scan accumulates
@@ -67,27 +92,29 @@ def _cell(w_hh, carry, gx):
 def lstm_recurrence(gates_x, w_hh):
     """``gates_x (T, B, 4H)`` (input projection + bias, gate order i, f, g, o) and
     ``w_hh (H, 4H)`` -> ``(final (h, c), hs (T, B, H))``, starting from zero state."""
-    (h, c), (hs, _, _) = _recurrence_fwd_scan(gates_x, w_hh)
+    (h, c), (hs, _, _) = _recurrence_fwd_scan(gates_x, w_hh, *_zero_state(gates_x))
     return (h, c), hs
 
 
-def _recurrence_fwd_scan(gates_x, w_hh):
-    t, b, h4 = gates_x.shape
-    zeros = jnp.zeros((b, h4 // 4), gates_x.dtype)
-    return jax.lax.scan(lambda carry, gx: _cell(w_hh, carry, gx), (zeros, zeros), gates_x)
+def _zero_state(gates_x):
+    zeros = jnp.zeros((gates_x.shape[1], gates_x.shape[2] // 4), gates_x.dtype)
+    return zeros, zeros
+
+
+def _recurrence_fwd_scan(gates_x, w_hh, h0, c0):
+    return jax.lax.scan(lambda carry, gx: _cell(w_hh, carry, gx), (h0, c0), gates_x)
 
 
 def _recurrence_fwd(gates_x, w_hh):
-    (h, c), (hs, cs, acts) = _recurrence_fwd_scan(gates_x, w_hh)
+    (h, c), (hs, cs, acts) = _recurrence_fwd_scan(gates_x, w_hh, *_zero_state(gates_x))
     return ((h, c), hs), (w_hh, hs, cs, acts)
 
 
-def _recurrence_bwd(res, cts):
-    w_hh, hs, cs, acts = res
+def _recurrence_bwd_core(w_hh, h0, c0, hs, cs, acts, cts):
+    """Cotangents ``(dgates, dW_hh, dh0, dc0)`` of a recurrence started from ``(h0, c0)``."""
     (g_h_final, g_c_final), g_hs = cts
     hid = hs.shape[-1]
-    zeros = jnp.zeros_like(hs[:1])
-    c_prev_all = jnp.concatenate([zeros, cs[:-1]], 0)
+    c_prev_all = jnp.concatenate([c0[None], cs[:-1]], 0)
     w_t = w_hh.T
 
     def body(carry, xs):
@@ -101,11 +128,38 @@ def _recurrence_bwd(res, cts):
                                   dc * i * (1.0 - gg * gg), dh * tc * o * (1.0 - o)], -1)
         return (dgates @ w_t, dc * f), dgates
 
-    _, dgates = jax.lax.scan(body, (g_h_final, g_c_final), (g_hs, cs, c_prev_all, acts),
-                             reverse=True)
-    h_prev_all = jnp.concatenate([zeros, hs[:-1]], 0)
+    (dh0, dc0), dgates = jax.lax.scan(body, (g_h_final, g_c_final), (g_hs, cs, c_prev_all, acts),
+                                      reverse=True)
+    h_prev_all = jnp.concatenate([h0[None], hs[:-1]], 0)
     g_w = jnp.einsum("tbh,tbg->hg", h_prev_all, dgates)
+    return dgates, g_w, dh0, dc0
+
+
+def _recurrence_bwd(res, cts):
+    w_hh, hs, cs, acts = res
+    zeros = jnp.zeros_like(hs[0])
+    dgates, g_w, _, _ = _recurrence_bwd_core(w_hh, zeros, zeros, hs, cs, acts, cts)
     return dgates, g_w
 
 
 lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+@jax.custom_vjp
+def lstm_recurrence_from(gates_x, w_hh, h0, c0):
+    """:func:`lstm_recurrence` started from the state ``(h0, c0)`` (``(B, H)`` each), with the
+    same hand-written backward pass (which also returns the cotangents of ``h0`` and ``c0``)."""
+    (h, c), (hs, _, _) = _recurrence_fwd_scan(gates_x, w_hh, h0, c0)
+    return (h, c), hs
+
+
+def _from_fwd(gates_x, w_hh, h0, c0):
+    (h, c), (hs, cs, acts) = _recurrence_fwd_scan(gates_x, w_hh, h0, c0)
+    return ((h, c), hs), (w_hh, h0, c0, hs, cs, acts)
+
+
+def _from_bwd(res, cts):
+    return _recurrence_bwd_core(*res, cts)
+
+
+lstm_recurrence_from.defvjp(_from_fwd, _from_bwd)
