@@ -2,7 +2,8 @@
 
     python -m dpljax.surrogate design --model dpljax.surrogate:VIC --data sample --sets 32 --dir runs/emu
     python -m dpljax.surrogate run    --model dpljax.surrogate:VIC --dir runs/emu --workers 2 --timeout 60
-    python -m dpljax.surrogate train  --dir runs/emu --outputs sm1,et --hidden 64 --steps 2000
+    python -m dpljax.surrogate train  --dir runs/emu --outputs sm1,et --hidden 64 --steps 2000 \
+                                      --out-scale sm1=w1max --param-log ksat,dsmax
     python -m dpljax.surrogate report --dir runs/emu
     python -m dpljax.surrogate build  --model mypackage.mymodule:MY_BLACK_BOX --data sample --dir runs/emu
 
@@ -122,11 +123,23 @@ def cmd_train(a) -> None:
     fit = train_emulator(_data(d, forcing, runs, d.subset("train")), lo_hi, tuple(forcing), outputs,
                          hidden=a.hidden, steps=a.steps, batch=a.batch, learning_rate=a.learning_rate,
                          window=a.window, warmup=a.warmup, seed=a.seed, model_name=a.model or "",
-                         log=print, log_every=max(a.steps // 10, 1))
+                         log=print, log_every=max(a.steps // 10, 1), out_scale=_pairs(a.out_scale, "--out-scale"),
+                         param_log=tuple(n for n in a.param_log.split(",") if n))
     fit.emulator.save(out / "emulator")
     (out / "training.json").write_text(json.dumps({"seconds": fit.seconds, "history": fit.history,
                                                    "black_box": spec_src.get("summary")}, indent=1))
     print(f"emulator -> {out / 'emulator'}")
+
+
+def _pairs(text: str, flag: str) -> dict[str, str]:
+    """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}``."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        k, eq, v = item.partition("=")
+        if not eq or not k or not v:
+            raise SystemExit(f"{flag} takes output=parameter pairs separated by commas, got {item!r}")
+        out[k] = v
+    return out
 
 
 def _bounds(out: Path, d) -> dict:
@@ -193,6 +206,11 @@ def main(argv=None) -> int:
             p.add_argument("--batch", type=int, default=32)
             p.add_argument("--learning-rate", type=float, default=1e-2)
             p.add_argument("--window", type=int, default=None)
+            p.add_argument("--out-scale", default="", metavar="OUTPUT=PARAM,...",
+                           help="learn an output relative to a parameter, e.g. sm1=w1max (a layer's water "
+                                "relative to its capacity)")
+            p.add_argument("--param-log", default="", metavar="PARAM,...",
+                           help="parameters that enter the network on a log scale (positive bounds)")
         cmds[name] = fn
     a = ap.parse_args(argv)
     cmds[a.cmd](a)

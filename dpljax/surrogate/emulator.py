@@ -56,6 +56,11 @@ class EmulatorSpec:
     out_std: tuple[float, ...]
     hidden: int
     model_name: str = ""
+    #: per output, the parameter it is learned relative to ("" for none): the network predicts
+    #: ``y / p`` (normalised) and the readout multiplies by ``p`` (e.g. ``sm1`` relative to ``w1max``)
+    out_scale: tuple[str, ...] = ()
+    #: per parameter, True: it enters on a log scale, ``2 (log p - log lo)/(log hi - log lo) - 1``
+    param_log: tuple[bool, ...] = ()
 
     @property
     def n_in(self) -> int:
@@ -80,13 +85,30 @@ class EmulatorSpec:
         for k in ("forcing_mean", "forcing_std", "out_mean", "out_std"):
             kw[k] = tuple(float(v) for v in kw[k])
         kw["hidden"] = int(kw["hidden"])
+        kw["out_scale"] = tuple(str(v) for v in kw.get("out_scale", ()))
+        kw["param_log"] = tuple(bool(v) for v in kw.get("param_log", ()))
         return cls(**kw)
+
+    def scale_index(self) -> tuple[int, ...]:
+        """Per output, the index of the parameter it is relative to, or -1."""
+        names = self.out_scale or ("",) * len(self.outputs)
+        return tuple(self.param_names.index(n) if n else -1 for n in names)
 
 
 def make_spec(bounds: Mapping[str, tuple[float, float]], forcing_names, outputs, forcing: Mapping[str, Any],
-              out_values: Mapping[str, Any], hidden: int = 64, model_name: str = "") -> EmulatorSpec:
+              out_values: Mapping[str, Any], hidden: int = 64, model_name: str = "",
+              out_scale: Mapping[str, str] | None = None, param_log=()) -> EmulatorSpec:
     """A spec whose normalisation statistics come from training data: ``forcing[name]`` and
-    ``out_values[name]`` arrays of any shape (NaN ignored)."""
+    ``out_values[name]`` arrays of any shape (NaN ignored; for an output in ``out_scale``,
+    the values of ``y / p``). ``out_scale``: ``{output: parameter}``; ``param_log``: names of
+    parameters to normalise on a log scale (their bounds must be positive)."""
+    out_scale = dict(out_scale or {})
+    bad = [f"{k} (relative to {v!r})" for k, v in out_scale.items() if k not in outputs or v not in bounds]
+    if bad:
+        raise ValueError(f"out_scale: unknown output or parameter: {', '.join(bad)}")
+    bad = [n for n in param_log if n not in bounds or bounds[n][0] <= 0]
+    if bad:
+        raise ValueError(f"param_log: {bad} are not parameters with positive bounds")
     logs = tuple(n in LOG_FORCING for n in forcing_names)
     fm, fs = [], []
     for n, lg in zip(forcing_names, logs):
@@ -98,7 +120,9 @@ def make_spec(bounds: Mapping[str, tuple[float, float]], forcing_names, outputs,
     os_ = [float(np.nanstd(out_values[k])) or 1.0 for k in outputs]
     return EmulatorSpec(tuple(bounds), tuple((float(a), float(b)) for a, b in bounds.values()),
                         tuple(forcing_names), tuple(outputs), logs, tuple(fm), tuple(fs), tuple(om), tuple(os_),
-                        int(hidden), model_name)
+                        int(hidden), model_name,
+                        tuple(out_scale.get(k, "") for k in outputs) if out_scale else (),
+                        tuple(n in param_log for n in bounds) if param_log else ())
 
 
 def _log_sqrt_np(x):
@@ -116,10 +140,35 @@ def encode(spec: EmulatorSpec, params, forcing):
         fl = jnp.log10(jnp.sqrt(jnp.maximum(f, 0.0) + 1e-12) + 0.1)  # +1e-12: a finite gradient at 0
         f = jnp.where(logs, fl, f)
     f = (f - np.asarray(spec.forcing_mean)) / np.asarray(spec.forcing_std)
-    lo = np.array([b[0] for b in spec.bounds])
-    hi = np.array([b[1] for b in spec.bounds])
-    u = 2.0 * (jnp.asarray(params, dtype) - lo) / (hi - lo) - 1.0
+    lo, hi, lg = _param_box(spec)
+    p = jnp.asarray(params, dtype)
+    if lg.any():  # floored: a finite log (and gradient) for any value a caller passes
+        p = jnp.where(lg, jnp.log(jnp.maximum(p, np.where(lg, 1e-3 * np.exp(lo), 0.0))), p)
+    u = 2.0 * (p - lo) / (hi - lo) - 1.0
     return jnp.concatenate([f, u], -1).astype(dtype)
+
+
+def _param_box(spec: EmulatorSpec):
+    """Lower and upper ends of each parameter's (log-)scale, and which are logs."""
+    lg = np.asarray(spec.param_log or (False,) * len(spec.param_names), bool)
+    lo = np.array([b[0] for b in spec.bounds], np.float64)
+    hi = np.array([b[1] for b in spec.bounds], np.float64)
+    return np.where(lg, np.log(np.where(lg, lo, 1.0)), lo), np.where(lg, np.log(np.where(lg, hi, 1.0)), hi), lg
+
+
+def denormalise(spec: EmulatorSpec, y, x):
+    """Outputs in physical units from normalised ones ``y (..., n_out)`` and the day's input
+    ``x (..., n_in)`` (an output relative to a parameter is multiplied by it, recovered from ``x``)."""
+    y = y * np.asarray(spec.out_std, np.float32) + np.asarray(spec.out_mean, np.float32)
+    idx = np.asarray(spec.scale_index())
+    if (idx < 0).all():
+        return y
+    lo, hi, lg = _param_box(spec)
+    nf = len(spec.forcing)
+    j = np.maximum(idx, 0)
+    v = lo[j] + (x[..., nf + j] + 1.0) / 2.0 * (hi[j] - lo[j])
+    p = jnp.where(lg[j], jnp.exp(v), v)
+    return jnp.where(idx >= 0, y * p.astype(y.dtype), y)
 
 
 def cell(w_hh, h, c, gx):
@@ -137,7 +186,7 @@ def cell(w_hh, h, c, gx):
 def readout(spec: EmulatorSpec, w_out, w_x, b_out, h, x):
     """De-normalised outputs ``(..., n_out)`` from the hidden state ``h`` and the day's input
     ``x`` (a linear skip: a flux such as runoff answers today's rain at once)."""
-    return (h @ w_out + x @ w_x + b_out) * np.asarray(spec.out_std) + np.asarray(spec.out_mean)
+    return denormalise(spec, h @ w_out + x @ w_x + b_out, x)
 
 
 def init_weights(spec: EmulatorSpec, key, dtype=jnp.float32) -> dict[str, jax.Array]:
@@ -237,7 +286,7 @@ def _predict_fn(spec: EmulatorSpec):
     @jax.jit
     def fwd(w, x, f):
         inp = encode(spec, jnp.broadcast_to(x[:, None, :], f.shape[:2] + x.shape[-1:]), f)
-        return forward(w, inp) * np.asarray(spec.out_std, np.float32) + np.asarray(spec.out_mean, np.float32)
+        return denormalise(spec, forward(w, inp), inp)
 
     return fwd
 
@@ -266,7 +315,8 @@ def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], f
                    hidden: int = 64, steps: int = 1000, batch: int = 32, learning_rate: float = 3e-3,
                    window: int | None = None, warmup: int = 0, seed: int = 0, model_name: str = "",
                    log: Callable | None = None, log_every: int = 100, checkpoint: str | Path | None = None,
-                   checkpoint_every: int = 500) -> EmulatorFit:
+                   checkpoint_every: int = 500, out_scale: Mapping[str, str] | None = None,
+                   param_log=()) -> EmulatorFit:
     """Train an :class:`EmulatorLSTM` of ``outputs`` on ``data`` with Adam (cosine-decayed
     learning rate, gradient norm clipped at 1): MSE of the normalised outputs, averaged over
     outputs, after ``warmup`` days of each training sequence. ``window``: train on random
@@ -276,22 +326,35 @@ def train_emulator(data: TrainData, bounds: Mapping[str, tuple[float, float]], f
     ``checkpoint``: a ``.npz`` file written every ``checkpoint_every`` steps (atomically) with
     the weights, optimiser state, random key and step; a call that finds it continues from it
     and ends with exactly the weights of an uninterrupted run. It is refused when it belongs to
-    another training (other data size, settings or spec)."""
+    another training (other data size, settings or spec).
+
+    ``out_scale``: ``{output: parameter}``, an output learned relative to a parameter (the
+    network predicts ``y / p``, normalised; e.g. a layer's water content relative to the
+    layer's capacity, a saturation of the same order in every run); ``param_log``: names of
+    parameters that enter on a log scale (scale parameters spanning orders of magnitude)."""
     t0 = time.perf_counter()
     good = np.all([np.all(np.isfinite(data.y[k]), axis=1) for k in outputs], axis=0)
     idx_all = np.flatnonzero(good)
     if len(idx_all) == 0:
         raise ValueError("no run without NaN outputs to train on")
     used_basins = np.unique(data.basin[idx_all])
+    out_scale = dict(out_scale or {})
+    names = tuple(bounds)
+    bad = [f"{k} (relative to {v!r})" for k, v in out_scale.items() if k not in outputs or v not in names]
+    if bad:
+        raise ValueError(f"out_scale: unknown output or parameter: {', '.join(bad)}")
+    # the learned targets: y, or y / p for an output relative to a parameter p
+    target = {k: (data.y[k] / data.x[:, names.index(out_scale[k])][:, None] if k in out_scale else data.y[k])
+              for k in outputs}
     spec = make_spec(bounds, forcing_names, outputs, {n: data.forcing[n][used_basins] for n in forcing_names},
-                     {k: data.y[k][idx_all] for k in outputs}, hidden, model_name)
+                     {k: target[k][idx_all] for k in outputs}, hidden, model_name, out_scale, tuple(param_log))
     n_t = next(iter(data.y.values())).shape[1]
     win = n_t if window is None else int(min(window, n_t))
     if not 0 <= warmup < win:
         raise ValueError(f"warmup ({warmup}) must be less than the training window ({win} days)")
     f_all = jnp.asarray(np.stack([data.forcing[n] for n in forcing_names], -1), jnp.float32)        # (B, T, F)
     x_all = jnp.asarray(data.x, jnp.float32)                                                         # (N, P)
-    y_all = jnp.asarray(np.stack([(data.y[k] - m) / s for k, m, s in zip(outputs, spec.out_mean, spec.out_std)],
+    y_all = jnp.asarray(np.stack([(target[k] - m) / s for k, m, s in zip(outputs, spec.out_mean, spec.out_std)],
                                  -1), jnp.float32)                                                     # (N, T, O)
     basin_all = jnp.asarray(data.basin, jnp.int32)
     net = EmulatorLSTM(spec, rngs=nnx.Rngs(seed))
