@@ -52,10 +52,29 @@ def _train(cfg) -> float:
     return summary["median_nse"]
 
 
+def _train_or_say_why(cfg) -> float:
+    """``_train``; a user error (a bad config, path or dataset, a run directory that cannot be
+    resumed, a diverged run) ends with its message on stderr and exit status 1 instead of
+    Hydra's traceback (``DPLJAX_TRACEBACK=1`` shows it)."""
+    import logging
+    import os
+
+    from .registry import RegistryError
+
+    logging.getLogger("jax").setLevel(logging.WARNING)  # not JAX's INFO lines on absent TPUs
+    try:
+        return _train(cfg)
+    except (ValueError, OSError, FloatingPointError, RegistryError) as e:
+        if os.environ.get("DPLJAX_TRACEBACK"):
+            raise
+        print(f"dpljax: error: {type(e).__name__}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def _hydra_entry():
     import hydra
 
-    main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_train)
+    main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_train_or_say_why)
     return main()
 
 

@@ -507,6 +507,21 @@ def test_evaluate_and_data_commands_end_in_a_message_not_a_traceback(finished, t
         assert r.stderr.startswith(f"dpljax {args[0]}: error: "), r.stderr
 
 
+def test_training_errors_end_in_a_message_not_a_traceback(tmp_path):
+    """A user error in a training command (here a data source that does not exist, and a
+    window longer than the training period) is one line on stderr and exit status 1."""
+    cases = [([f"data.source={tmp_path / 'nowhere.zarr'}"], r"dpljax: error: FileNotFoundError: dataset .*nowhere"),
+             (["data.train=[2000-01-01,2000-03-31]"], r"dpljax: error: ConfigError: train.warmup \+ train.window")]
+    for args, regex in cases:
+        r = subprocess.run([str(EXE), *T, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        import re
+
+        assert re.search(regex, r.stderr), (args, r.stderr)
+        assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_an_undefined_validation_score_never_becomes_the_best():
     from types import SimpleNamespace
 
