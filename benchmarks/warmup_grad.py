@@ -131,31 +131,36 @@ def steps(repeats: int = 8) -> dict:
     return out
 
 
-def accuracy(seeds=(0, 1, 2, 3, 4), experiment: str = "sample") -> dict:
+def accuracy(seeds=(0, 1, 2, 3, 4), experiment: str = "sample", false_epochs: int | None = None) -> dict:
+    """Both settings at the experiment's steps; with ``false_epochs``, also warmup_grad=false
+    trained for that many epochs (about the wall time of ``true``'s: the equal-time reading)."""
     import numpy as np
 
     out = {"experiment": experiment, "command": f"dpljax experiment={experiment} train.seed=S "
            "train.warmup_grad=X train.progress=false", "load_before": _busy(), "runs": []}
+    variants = [("true", None), ("false", None)] + ([("false", false_epochs)] if false_epochs else [])
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            for wg in ("true", "false"):  # interleaved, so that both see the same load
-                run_dir = Path(tmp) / f"s{seed}_{wg}"
+            for wg, epochs in variants:  # interleaved, so that all see the same load
+                run_dir = Path(tmp) / f"s{seed}_{wg}_{epochs}"
+                extra = [f"train.epochs={epochs}"] if epochs else []
                 t0 = time.perf_counter()
                 p = subprocess.run([str(Path(sys.executable).parent / "dpljax"), f"experiment={experiment}",
                                     f"train.seed={seed}", f"train.warmup_grad={wg}", "train.progress=false",
-                                    f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True)
+                                    *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True)
                 wall = time.perf_counter() - t0
                 if p.returncode != 0:
                     raise RuntimeError(p.stderr[-2000:])
                 s = json.loads((run_dir / "summary.json").read_text())
-                rec = {"seed": seed, "warmup_grad": wg == "true", "median_test_nse": s["median_nse"],
+                rec = {"seed": seed, "warmup_grad": wg == "true", "epochs": epochs or "experiment's",
+                       "median_test_nse": s["median_nse"], "median_test_kge": s.get("median_kge"),
                        "train_wall_time_s": s["train_wall_time_s"], "command_wall_s": wall, "steps": s["steps"]}
                 out["runs"].append(rec)
                 print(json.dumps(rec), flush=True)
-    for wg in (True, False):
-        rs = [r for r in out["runs"] if r["warmup_grad"] is wg]
-        out[f"warmup_grad_{str(wg).lower()}"] = {
+    for wg, epochs in variants:
+        rs = [r for r in out["runs"] if r["warmup_grad"] is (wg == "true") and r["epochs"] == (epochs or "experiment's")]
+        out[f"warmup_grad_{wg}" + (f"_{epochs}_epochs" if epochs else "")] = {
             "median_of_median_test_nse": float(np.median([r["median_test_nse"] for r in rs])),
             "mean_of_median_test_nse": float(np.mean([r["median_test_nse"] for r in rs])),
             "median_train_wall_time_s": float(np.median([r["train_wall_time_s"] for r in rs]))}
@@ -170,11 +175,13 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--experiment", default="sample")
+    ap.add_argument("--false-epochs", type=int, default=None,
+                    help="accuracy: also warmup_grad=false for this many epochs (equal wall time)")
     args = ap.parse_args(argv)
     if args.part in ("steps", "all"):
         _save("steps", steps(args.repeats))
     if args.part in ("accuracy", "all"):
-        _save(f"accuracy_{args.experiment}", accuracy(tuple(range(args.seeds)), args.experiment))
+        _save(f"accuracy_{args.experiment}", accuracy(tuple(range(args.seeds)), args.experiment, args.false_epochs))
 
 
 if __name__ == "__main__":
