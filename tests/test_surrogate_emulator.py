@@ -273,3 +273,47 @@ def test_training_relative_to_a_parameter_learns_the_ratio(tiny):
     assert e_rel < 0.8 * e_plain, (e_rel, e_plain)
     with pytest.raises(ValueError, match="out_scale"):
         train_emulator(sub, BOUNDS, ("prcp",), ("store",), out_scale={"q": "f"}, **{**kw, "steps": 0})
+
+
+def test_warm_up_days_forward_only_truncate_the_gradient_there():
+    """``forward_after``: the same outputs as the full forward on the later days, and the
+    gradient of a loss on them equals that of a plain scan whose state entering day ``d`` is a
+    constant (the warm-up still sets the state's value); training with it runs."""
+    from dpljax.surrogate.emulator import cell, forward, forward_after, init_weights
+
+    spec = make_spec(BOUNDS, ("prcp",), ("store", "q"), {"prcp": np.ones(4)}, {"store": np.ones(2), "q": np.ones(2)},
+                     hidden=5)
+    with jax.enable_x64(True):
+        w = {k: jnp.asarray(v, jnp.float64) for k, v in init_weights(spec, jax.random.key(3), jnp.float64).items()}
+        w["w_x"] = w["w_x"] + 0.1
+        x = jax.random.normal(jax.random.key(4), (2, 12, spec.n_in), jnp.float64)
+        d = 7
+        np.testing.assert_allclose(jax.jit(forward_after, static_argnums=2)(w, x, d), jax.jit(forward)(w, x)[:, d:],
+                                   rtol=1e-12)
+
+        def reference(w):
+            h = c = jnp.zeros((2, 5))
+            for t in range(12):
+                ww = w if t >= d else jax.tree.map(jax.lax.stop_gradient, w)
+                if t == d:
+                    h, c = jax.lax.stop_gradient(h), jax.lax.stop_gradient(c)
+                h, c = cell(ww["w_hh"], h, c, x[:, t] @ ww["w_ih"] + ww["b"])
+                if t == d:
+                    ys = []
+                if t >= d:
+                    ys.append(h @ w["w_out"] + x[:, t] @ w["w_x"] + w["b_out"])
+            return jnp.sum(jnp.stack(ys, 1) ** 3)
+
+        g = jax.jit(jax.grad(lambda w: jnp.sum(forward_after(w, x, d) ** 3)))(w)
+        g_ref = jax.jit(jax.grad(reference))(w)
+        g_full = jax.jit(jax.grad(lambda w: jnp.sum(forward(w, x)[:, d:] ** 3)))(w)
+        for k in w:
+            np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-9, atol=1e-12, err_msg=k)
+        assert not np.allclose(g["w_hh"], g_full["w_hh"])   # the truncation is real
+    rng = np.random.default_rng(0)
+    f = {"prcp": rng.gamma(0.4, 6.0, (2, 60))}
+    xs = rng.uniform([0.1, 0.2], [0.6, 1.0], (8, 2))
+    y = {"store": rng.normal(size=(8, 60)), "q": rng.normal(size=(8, 60))}
+    fit = train_emulator(TrainData(xs, np.repeat([0, 1], 4), f, y), BOUNDS, ("prcp",), ("store", "q"), hidden=4,
+                         steps=3, batch=4, window=40, warmup=20, warmup_grad=False, log_every=1)
+    assert len(fit.history) == 3 and all(np.isfinite(h["loss"]) for h in fit.history)

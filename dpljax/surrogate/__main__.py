@@ -124,7 +124,7 @@ def cmd_train(a) -> None:
                          hidden=a.hidden, steps=a.steps, batch=a.batch, learning_rate=a.learning_rate,
                          window=a.window, warmup=a.warmup, seed=a.seed, model_name=a.model or "",
                          log=print, log_every=max(a.steps // 10, 1), out_scale=_pairs(a.out_scale, "--out-scale"),
-                         param_log=tuple(n for n in a.param_log.split(",") if n))
+                         param_log=tuple(n for n in a.param_log.split(",") if n), warmup_grad=not a.no_warmup_grad)
     fit.emulator.save(out / "emulator")
     (out / "training.json").write_text(json.dumps({"seconds": fit.seconds, "history": fit.history,
                                                    "black_box": spec_src.get("summary")}, indent=1))
@@ -211,6 +211,8 @@ def main(argv=None) -> int:
                                 "relative to its capacity)")
             p.add_argument("--param-log", default="", metavar="PARAM,...",
                            help="parameters that enter the network on a log scale (positive bounds)")
+            p.add_argument("--no-warmup-grad", action="store_true",
+                           help="run the warm-up days forward only (gradient truncated at their end; faster)")
         cmds[name] = fn
     a = ap.parse_args(argv)
     cmds[a.cmd](a)
