@@ -36,12 +36,16 @@ def test_a_users_black_box_through_the_command_line(tmp_path, capsys):
     d = tmp_path / "emu"
     main(["build", "--model", "test_surrogate_cli:BUCKET", "--data", "sample", "--start", "1999-10-01",
           "--end", "2000-06-30", "--sets", "6", "--dir", str(d), "--hidden", "8", "--steps", "30",
-          "--batch", "8", "--learning-rate", "0.02"])
+          "--batch", "8", "--learning-rate", "0.02", "--out-scale", "s=smax", "--param-log", "smax,k",
+          "--warmup", "20", "--window", "100", "--no-warmup-grad"])
     out = capsys.readouterr().out
     assert "48 of 48 runs ok" in out and "test_params" in out and "test_basins" in out
     rep = json.loads((d / "report.json").read_text())
     assert {"q", "s", "et"} <= set(rep["test_basins"]) and rep["test_basins"]["q"]["rmse"] > 0
     assert json.loads((d / "failures.json").read_text())["summary"]["n_failed"] == 0
+    spec = json.loads((d / "emulator" / "spec.json").read_text())
+    assert spec["out_scale"] == ["smax" if k == "s" else "" for k in spec["outputs"]]
+    assert spec["param_log"] == [True, True]
     # a second run reads every run from the cache
     main(["run", "--model", "test_surrogate_cli:BUCKET", "--dir", str(d)])
     assert "48 from the cache, 0 run" in capsys.readouterr().out
@@ -67,6 +71,11 @@ def test_an_emulator_is_the_model_of_an_ordinary_dpl_experiment(tmp_path):
                              "test": ["2000-01-01", "2000-06-30"]})
     summary = run_experiment(cfg, tmp_path / "run", log=lambda *a: None)
     assert (tmp_path / "run" / "summary.json").exists() and summary
+
+
+def test_out_scale_pairs_are_checked(tmp_path):
+    with pytest.raises(SystemExit, match="output=parameter"):
+        main(["train", "--dir", str(tmp_path), "--out-scale", "sm1"])
 
 
 def test_a_broken_model_reference_is_named():

@@ -114,6 +114,7 @@ def cmd_train(a) -> None:
     from .emulator import train_emulator
     from .workflow import _data
 
+    out_scale = _pairs(a.out_scale, "--out-scale")
     out = Path(a.dir)
     d, forcing = _load_design(out)
     runs = _load_runs(out)
@@ -123,7 +124,7 @@ def cmd_train(a) -> None:
     fit = train_emulator(_data(d, forcing, runs, d.subset("train")), lo_hi, tuple(forcing), outputs,
                          hidden=a.hidden, steps=a.steps, batch=a.batch, learning_rate=a.learning_rate,
                          window=a.window, warmup=a.warmup, seed=a.seed, model_name=a.model or "",
-                         log=print, log_every=max(a.steps // 10, 1), out_scale=_pairs(a.out_scale, "--out-scale"),
+                         log=print, log_every=max(a.steps // 10, 1), out_scale=out_scale,
                          param_log=tuple(n for n in a.param_log.split(",") if n), warmup_grad=not a.no_warmup_grad)
     fit.emulator.save(out / "emulator")
     (out / "training.json").write_text(json.dumps({"seconds": fit.seconds, "history": fit.history,
