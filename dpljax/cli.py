@@ -54,21 +54,14 @@ def _train(cfg) -> float:
 
 def _train_or_say_why(cfg) -> float:
     """``_train``; a user error (a bad config, path or dataset, a run directory that cannot be
-    resumed, a diverged run) ends with its message on stderr and exit status 1 instead of
-    Hydra's traceback (``DPLJAX_TRACEBACK=1`` shows it)."""
+    resumed, a diverged run, an unknown model or network name) ends with its message on
+    stderr and exit status 1 instead of Hydra's traceback (see :func:`_user_errors`)."""
     import logging
-    import os
 
     from .registry import RegistryError
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # not JAX's INFO lines on absent TPUs
-    try:
-        return _train(cfg)
-    except (ValueError, OSError, FloatingPointError, RegistryError) as e:
-        if os.environ.get("DPLJAX_TRACEBACK"):
-            raise
-        print(f"dpljax: error: {type(e).__name__}: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    return _user_errors("dpljax", _train, cfg, also=(RegistryError,))
 
 
 def _hydra_entry():
@@ -172,15 +165,15 @@ def _data(argv):
     print(line)
 
 
-def _user_errors(prog: str, fn, argv) -> None:
-    """Run a subcommand; a user error (bad path, bad data, an inconsistent run directory) ends
-    with its message on stderr and exit status 1, not a traceback (``DPLJAX_TRACEBACK=1``
-    shows it)."""
+def _user_errors(prog: str, fn, arg, also: tuple = ()):
+    """``fn(arg)``; a user error (bad path, bad data, an inconsistent run directory; and the
+    classes in ``also``) ends with its message on stderr and exit status 1, not a traceback
+    (``DPLJAX_TRACEBACK=1`` shows it)."""
     import os
 
     try:
-        fn(argv)
-    except (ValueError, OSError, FloatingPointError) as e:
+        return fn(arg)
+    except (ValueError, OSError, FloatingPointError, *also) as e:
         if os.environ.get("DPLJAX_TRACEBACK"):
             raise
         print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ it on its own basins).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -98,7 +99,7 @@ def predict_run(run_dir: str | Path, data: str, *, out: str | Path | None = None
     obs = np.asarray(arrays.obs)
     out = run_dir / "prediction" if out is None else Path(out)
     inside = out.resolve().is_relative_to(run_dir.resolve())
-    with run_lock(run_dir) if inside else _null():
+    with run_lock(run_dir) if inside else contextlib.nullcontext():
         out.mkdir(parents=True, exist_ok=True)
         pred = _dataset(q[:, skip:], obs[:, skip:] if has_obs else None, res, skip, ids, times[skip:])
         pred.attrs.update({"run_dir": str(run_dir), "data": str(data), "warmup_start": run_start})
@@ -126,14 +127,6 @@ def _check_period(ds: xr.Dataset, period, data) -> None:
     if s < t0 or e > t1:
         raise contract.DataError(f"the period {period[0]}..{period[1]} lies outside the days of {data!r} "
                                  f"({t0.date()}..{t1.date()}); choose --start and --end inside them")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _check_inputs(ds: xr.Dataset, data: str, exp, norm, run_dir: Path, absent: dict | None = None) -> xr.Dataset:

@@ -250,6 +250,12 @@ def source_variables(names: Sequence[str], ds: xr.Dataset) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _shown_variables(ds: xr.Dataset, most: int = 30) -> str:
+    """The store's data variables, sorted, for an error message (the first ``most``)."""
+    have = sorted(str(v) for v in ds.data_vars)
+    return ", ".join(have[:most]) + (f" (+{len(have) - most} more)" if len(have) > most else "")
+
+
 def rename_variables(ds: xr.Dataset, mapping: dict[str, str], log=None) -> xr.Dataset:
     """The store's variables renamed to the contract's names (``data.variables``:
     ``{contract name: store name}``). A store variable that already has a contract name which
@@ -258,10 +264,8 @@ def rename_variables(ds: xr.Dataset, mapping: dict[str, str], log=None) -> xr.Da
         return ds
     missing = {k: v for k, v in mapping.items() if v not in ds.variables}
     if missing:
-        have = sorted(str(v) for v in ds.data_vars)
-        shown = ", ".join(have[:30]) + (f" (+{len(have) - 30} more)" if len(have) > 30 else "")
         raise contract.DataError("data.variables reads " + ", ".join(f"{k!r} from {v!r}" for k, v in missing.items())
-                                 + f", but the store has no such variable (its variables: {shown})")
+                                 + f", but the store has no such variable (its variables: {_shown_variables(ds)})")
     shadowed = [k for k, v in mapping.items() if k != v and k in ds.variables]
     if shadowed:
         (log or print)(f"data: the store's own {shadowed} not used: data.variables reads "
@@ -279,7 +283,6 @@ def _check_present(ds: xr.Dataset, cfg: DataConfig, forcing: Sequence[str]) -> N
     attrs = [a for a in cfg.attributes if a not in ds.variables]
     if not lacks and not attrs:
         return
-    have = sorted(str(v) for v in ds.data_vars)
     msg = f"dataset lacks variable(s) {[*lacks, *attrs]}"
     for n in lacks:
         if n in contract.DERIVED:
@@ -290,8 +293,7 @@ def _check_present(ds: xr.Dataset, cfg: DataConfig, forcing: Sequence[str]) -> N
     if attrs:
         msg += (f"; {attrs} are listed in data.attributes: list only attributes the store has, or none "
                 "(data.attributes=[])")
-    shown = ", ".join(have[:30]) + (f" (+{len(have) - 30} more)" if len(have) > 30 else "")
-    raise contract.DataError(f"{msg}; the store has: {shown}")
+    raise contract.DataError(f"{msg}; the store has: {_shown_variables(ds)}")
 
 
 def _say_which_tmean(ds: xr.Dataset, names, log) -> None:
