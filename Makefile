@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install run test test-all bench clean
+.PHONY: install run test test-all bench twin clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python -m benchmarks.throughput $(ARGS)
+
+# The surrogate twin of Tsai et al. (2021) on all 671 basins (hours; resumes after a kill):
+# benchmarks/results/surrogate_twin.{json,md,png}. ARGS="--sample" for the 8 embedded basins.
+twin: $(STAMP)
+	$(BIN)/python -m benchmarks.surrogate_twin $(ARGS)
 
 clean:
 	rm -rf runs multirun .pytest_cache

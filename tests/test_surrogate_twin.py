@@ -1,5 +1,6 @@
 """The twin experiment's fixed pieces: true parameters and the observation pattern."""
 import numpy as np
+import pytest
 
 from benchmarks.surrogate_twin import ATTRS, TRUTH, observation_mask, true_parameters
 from dpljax.surrogate import vic
@@ -25,3 +26,61 @@ def test_observations_every_two_or_three_days():
         gaps = np.diff(np.flatnonzero(row))
         assert set(gaps.tolist()) <= {2, 3} and len(set(gaps.tolist())) == 2
         assert np.flatnonzero(row)[0] <= 2
+
+
+@pytest.mark.slow  # 25-40 s: four compiled programs and an emulator, for the resume logic
+def test_twin_end_to_end_and_resumes_from_finished_units(tmp_path):
+    """The one command on the 8 embedded basins with tiny budgets; a rerun recomputes nothing, and a
+    per-basin calibration finds its finished chunk again (its file is used, not recomputed)."""
+    import json
+    import os
+
+    from benchmarks.surrogate_twin import main
+
+    work, res = tmp_path / "work", tmp_path / "results"
+    args = ["--sample", "--work", str(work), "--results", str(res), "--set", "sets=12", "--set", "emu_steps=30",
+            "--set", "hidden=8", "--set", "dpl_steps=10", "--set", "sce_evals=60", "--set", "bb_basins=1",
+            "--set", "bb_evals=40", "--set", "fractions=1/2,1"]
+    assert main(args) == 0
+    out = json.loads((res / "surrogate_twin_sample.json").read_text())
+    methods = {(r["method"], r["fraction"]) for r in out["rows"]}
+    assert methods == {("dpl", "1/2"), ("dpl", "1"), ("sceua_surrogate", "1")}
+    assert all(np.isfinite(r["rmse_sm1"]) and len(r["recovery"]) == len(vic.BOUNDS) for r in out["rows"])
+    assert out["sceua_blackbox"][0]["basins"] == 1 and (res / "surrogate_twin_sample.md").exists()
+
+    units = sorted(p for p in work.rglob("*") if p.is_file() and "bb_cache" not in p.parts)
+    stamps = {p: os.stat(p).st_mtime_ns for p in units}
+    assert main(args + ["--no-report"]) == 0  # every unit is done: nothing is written again
+    assert {p: os.stat(p).st_mtime_ns for p in units} == stamps
+
+    # a run killed after the calibration's first chunk: the chunk's file is read back, not recomputed
+    (part,) = (work / "sceua" / "1y_parts").glob("*.npz")
+    d = dict(np.load(part))
+    d["x"] = np.full_like(d["x"], 0.5) * (np.array(list(vic.BOUNDS.values()))[:, 0] +
+                                          np.array(list(vic.BOUNDS.values()))[:, 1])  # the boxes' centres
+    np.savez(part, **d)
+    (work / "sceua" / "1y.json").unlink()
+    assert main(args + ["--only", "sceua"]) == 0
+    again = json.loads((work / "sceua" / "1y.json").read_text())
+    np.testing.assert_allclose(np.asarray(again["learned"]), d["x"])
+
+
+def test_chunk_claims_between_processes(tmp_path):
+    """A chunk claimed by a live process is left to it; a dead claimant's chunk is taken over."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.surrogate_twin import _claim
+
+    c = tmp_path / "00000_64_3000.claim"
+    assert _claim(c) and c.read_text() == str(os.getpid())
+    assert _claim(c)  # our own claim stays ours
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        c.write_text(str(other.pid))
+        assert not _claim(c)  # held by a live process
+    finally:
+        other.kill()
+        other.wait()
+    assert _claim(c) and c.read_text() == str(os.getpid())  # its process is gone
