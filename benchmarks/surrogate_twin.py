@@ -488,7 +488,8 @@ def unit_sceua_bb(ctx: Context, truth, years: int):
 
 
 # ------------------------------------------------------------------------------ report
-def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str, results: Path = RESULTS):
+def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str, results: Path = RESULTS,
+           missing=()):
     rows = []
     med = lambda v: float(np.median(v))
     for r in dpl_res + sce_res:
@@ -511,6 +512,7 @@ def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str, result
     out = {"experiment": "surrogate_twin", "mode": stem, "n_basins": ctx.n, "noise_sd_mm": float(truth["noise_sd"]),
            "emulator_nrmse": emu_err, "emulator_training_seconds": emu["training"]["seconds"],
            "black_box_design": emu["black_box"], "rows": rows, "sceua_blackbox": bb_rows,
+           "missing_units": list(missing),
            "settings": {**ctx.mode, "emulated_outputs": list(ctx.emu_outputs), "emulator_options": EMU_OPTIONS,
                         "noise": NOISE, "warmup": WARMUP},
            "machine": {"cpus": os.cpu_count(), "load": os.getloadavg(), "platform": platform.platform()},
@@ -536,8 +538,10 @@ def report(ctx: Context, truth, emu, dpl_res, sce_res, bb_res, stem: str, result
     if bb_rows:
         lines += ["", "SCE-UA on the black box itself vs on the surrogate (same basins):", ""]
         lines += [f"- {b['years']}y, {b['basins']} basins: sm1 RMSE {b['rmse_sm1_blackbox_sceua']:.2f} (black box) vs "
-                  f"{b['rmse_sm1_surrogate_sceua']:.2f} (surrogate) mm; {b['seconds']:.0f} s, "
+                  f"{b['rmse_sm1_surrogate_sceua'] if b['rmse_sm1_surrogate_sceua'] is None else round(b['rmse_sm1_surrogate_sceua'], 2)} (surrogate) mm; {b['seconds']:.0f} s, "
                   f"{b['model_evaluations']:,} evaluations" for b in bb_rows]
+    if missing:
+        lines += ["", "**Not finished yet** (this report is partial): " + ", ".join(missing)]
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in out["settings"].items()),
               "", f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end."]
     (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
@@ -599,6 +603,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="black-box worker processes (0: in this process)")
     ap.add_argument("--only", choices=("truth", "emulator", "dpl", "sceua", "sceua_bb"), default=None)
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the report of the units finished so far (computing nothing; the missing ones listed)")
     ap.add_argument("--results", default=str(RESULTS), help="where the report goes (default benchmarks/results)")
     ap.add_argument("--emu-hidden", type=int, default=None, help="override the mode's emulator hidden size")
     ap.add_argument("--emu-steps", type=int, default=None, help="override the mode's emulator training steps")
@@ -617,6 +623,8 @@ def main(argv=None) -> int:
     args.work = args.work or str(ROOT / "runs" / stem)
     ctx = Context(args)
     ctx.log(f"{ctx.n} basins, work directory {ctx.work}")
+    if args.report_only:
+        return _report_finished(ctx, stem, Path(args.results))
     truth = unit_truth(ctx)
     if args.only == "truth":
         return 0
@@ -634,6 +642,25 @@ def main(argv=None) -> int:
             bb_res.append(unit_sceua_bb(ctx, truth, years))
     if not args.no_report and args.only is None:
         report(ctx, truth, emu, dpl_res, sce_res, bb_res, stem, Path(args.results))
+    return 0
+
+
+def _report_finished(ctx: Context, stem: str, results: Path) -> int:
+    """The report of the units finished so far, computing nothing; the missing ones are listed."""
+    if not (ctx.work / "truth.npz").exists() or not (ctx.work / "emulator" / "report.json").exists():
+        raise SystemExit(f"--report-only: {ctx.work} has no truth or no emulator yet")
+    truth, emu = unit_truth(ctx), unit_emulator(ctx)
+    found = {"dpl": [], "sceua": [], "sceua_bb": []}
+    missing = []
+    for years in ctx.mode["years"]:
+        paths = [("dpl", ctx.work / "dpl" / f"{f.replace('/', '_')}_{years}y.json") for f in ctx.mode["fractions"]]
+        paths += [("sceua", ctx.work / "sceua" / f"{years}y.json"), ("sceua_bb", ctx.work / "sceua_bb" / f"{years}y.json")]
+        for kind, path in paths:
+            if path.exists():
+                found[kind].append(json.loads(path.read_text()))
+            else:
+                missing.append(str(path.relative_to(ctx.work)))
+    report(ctx, truth, emu, found["dpl"], found["sceua"], found["sceua_bb"], stem, results, missing=missing)
     return 0
 
 
