@@ -34,6 +34,7 @@ def test_crossing_interpolates_in_log2():
     assert R._crossing(["1/4", "1/2"], [-0.1, -0.2]) == (None, None)
 
 
+@pytest.mark.slow  # ~40 s: every unit of the scaling benchmark on the sample; the pieces are tested above
 def test_sample_pipeline_end_to_end(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "results"
     argv = ["--sample", "--work", str(work), "--out", str(out), "--fractions", "1/2", "1", "--seeds", "0",
