@@ -295,8 +295,14 @@ def n_train(fraction: str, n: int) -> int:
     return max(2, int(round(Fraction(fraction) * n)))
 
 
+def unit_path(ctx: Context, kind: str, years: int, fraction: str | None = None) -> Path:
+    """Where a finished unit's result is kept (``kind``: dpl, sceua or sceua_bb)."""
+    name = f"{fraction.replace('/', '_')}_{years}y" if kind == "dpl" else f"{years}y"
+    return ctx.work / kind / f"{name}.json"
+
+
 def unit_dpl(ctx: Context, truth, fraction: str, years: int):
-    path = ctx.work / "dpl" / f"{fraction.replace('/', '_')}_{years}y.json"
+    path = unit_path(ctx, "dpl", years, fraction)
     if path.exists():
         return json.loads(path.read_text())
     import jax
@@ -405,7 +411,7 @@ def _claim(path: Path) -> bool:
 
 
 def unit_sceua(ctx: Context, truth, years: int):
-    path = ctx.work / "sceua" / f"{years}y.json"
+    path = unit_path(ctx, "sceua", years)
     if path.exists():
         return json.loads(path.read_text())
     import jax.numpy as jnp
@@ -428,8 +434,9 @@ def unit_sceua(ctx: Context, truth, years: int):
         for i in todo:
             r = rows[i:i + chunk]
             part = parts / f"{i:05d}_{len(r)}_{ctx.mode['sce_evals']}.npz"
+            claim = part.with_suffix(".claim")
             if not part.exists():
-                if not _claim(part.with_suffix(".claim")):
+                if not _claim(claim):
                     waiting.append(i)  # another live process calibrates this chunk
                     continue
                 try:
@@ -438,7 +445,7 @@ def unit_sceua(ctx: Context, truth, years: int):
                     np.savez(tmp, x=xr, evals=er, seconds=np.float64(s))
                     os.replace(tmp, part)
                 finally:
-                    part.with_suffix(".claim").unlink(missing_ok=True)
+                    claim.unlink(missing_ok=True)
                 ctx.log(f"SCE-UA (surrogate) {years}y: basins {i}..{i + len(r) - 1} in {s:.0f} s")
             d = np.load(part)
             x[r], evals[r], seconds = d["x"], d["evals"], seconds + float(d["seconds"])
@@ -456,7 +463,7 @@ def unit_sceua(ctx: Context, truth, years: int):
 
 def unit_sceua_bb(ctx: Context, truth, years: int):
     """SCE-UA on the black box itself (NumPy, through jax.pure_callback) on a few basins."""
-    path = ctx.work / "sceua_bb" / f"{years}y.json"
+    path = unit_path(ctx, "sceua_bb", years)
     if path.exists():
         return json.loads(path.read_text())
     import jax
@@ -595,9 +602,7 @@ def _figure(out, path):
     from fractions import Fraction
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    n_sce = out["sceua_basins"]
-    for ax, name, unit in zip(axes, ("rmse_sm1", "rmse_et", "rmse_sm3"), ("mm", "mm/d", "mm")):
-        key = name
+    for ax, key, unit in zip(axes, ("rmse_sm1", "rmse_et", "rmse_sm3"), ("mm", "mm/d", "mm")):
         for years, style in ((1, "-"), (2, "--")):
             d = [r for r in out["rows"] if r["method"] == "dpl" and r["years"] == years]
             if d:
@@ -609,10 +614,10 @@ def _figure(out, path):
                 ax.axhline(s[0][key], color="k", ls=style, lw=1, label=f"SCE-UA per basin, {years}y")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("fraction of basins trained on")
-        ax.set_title(f"median test RMSE {name[5:]} ({unit})", fontsize=10)
+        ax.set_title(f"median test RMSE {key[5:]} ({unit})", fontsize=10)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Surrogate twin: dPL trained on a fraction of {out['n_basins']} basins, scored on all; "
-                 f"per-basin SCE-UA on a random {n_sce} of them", fontsize=10)
+                 f"per-basin SCE-UA on a random {out['sceua_basins']} of them", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -676,8 +681,8 @@ def _report_finished(ctx: Context, stem: str, results: Path) -> int:
     found = {"dpl": [], "sceua": [], "sceua_bb": []}
     missing = []
     for years in ctx.mode["years"]:
-        paths = [("dpl", ctx.work / "dpl" / f"{f.replace('/', '_')}_{years}y.json") for f in ctx.mode["fractions"]]
-        paths += [("sceua", ctx.work / "sceua" / f"{years}y.json"), ("sceua_bb", ctx.work / "sceua_bb" / f"{years}y.json")]
+        paths = [("dpl", unit_path(ctx, "dpl", years, f)) for f in ctx.mode["fractions"]]
+        paths += [(kind, unit_path(ctx, kind, years)) for kind in ("sceua", "sceua_bb")]
         for kind, path in paths:
             if path.exists():
                 found[kind].append(json.loads(path.read_text()))
