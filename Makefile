@@ -17,8 +17,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/dpljax $(ARGS)
 
+# Two pytest workers (one per core here; XLA compiles on one thread), each test file kept on one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -46,8 +46,19 @@ def rows() -> list[dict]:
         gpu = any(str(x).startswith(("cuda", "gpu", "tpu")) for x in devices)
         out.append({"file": f.name, "group": _group(f.stem), "nse": d["median_nse"], "kge": d.get("median_kge"),
                     "minutes": None if wall is None else wall / 60, "steps": d.get("steps"),
-                    "where": ("1 GPU" if gpu else f"{max(1, len(devices))} CPU device(s), 2 cores")})
+                    "where": ("1 GPU" if gpu else f"{max(1, len(devices))} CPU device(s), 2 cores"),
+                    "probe": _probe_text(d.get("probe"))})
     return out
+
+
+def _probe_text(p) -> str:
+    """The speed probe taken on the quiet machine before the run (``benchmarks.camels probe``):
+    f32 matmul GFLOP/s and the load average then; empty where the run recorded none."""
+    m = (p or {}).get("machine") or {}
+    if "matmul_gflops" not in m:
+        return ""
+    load = p.get("load_average_before")
+    return f"matmul {m['matmul_gflops']:.0f} GFLOP/s" + (f", load {load[0]:.1f}" if load else "")
 
 
 def table() -> str:
@@ -59,13 +70,13 @@ def table() -> str:
         if g not in by:
             continue
         lines += [f"**{split}.** Published: {anchors}.", "",
-                  "| result file | median NSE | median KGE | training time | steps | where |",
-                  "|---|---|---|---|---|---|"]
+                  "| result file | median NSE | median KGE | training time | steps | where | speed probe before the run |",
+                  "|---|---|---|---|---|---|---|"]
         for r in sorted(by[g], key=lambda r: -r["nse"]):
             t = "" if r["minutes"] is None else f"{r['minutes']:.1f} min"
             kge = "" if r["kge"] is None else f"{r['kge']:.3f}"
             lines.append(f"| [{r['file']}](results/{r['file']}) | {r['nse']:.3f} | {kge} | {t} | "
-                         f"{r['steps'] or ''} | {r['where']} |")
+                         f"{r['steps'] or ''} | {r['where']} | {r['probe']} |")
         lines.append("")
     lines += ["Training time is the wall time of training (or calibrating) alone, on the machine named in each "
               "file; most of these runs shared the 2 cores with other work (each file's note says so), and "

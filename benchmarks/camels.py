@@ -1,6 +1,8 @@
 """Record CAMELS-US experiment runs: results JSON, committed weights, NSE-CDF figure.
 
-    python -m benchmarks.camels record RUN_DIR NAME [NOTE]  # -> results/NAME.json + weights/NAME/
+    python -m benchmarks.camels probe PROBE.json      # the machine's speed probe, before a run
+    python -m benchmarks.camels record RUN_DIR NAME [NOTE] [--probe PROBE.json]
+                                                      # -> results/NAME.json + weights/NAME/
     python -m benchmarks.camels figure                # -> results/camels_nse_cdf.png
     python -m benchmarks.camels check NAME            # dpljax evaluate on the committed weights
     python -m benchmarks.camels table                 # the table in benchmarks/README.md
@@ -51,7 +53,24 @@ def _cpu() -> str:
     return platform.processor()
 
 
-def record(run_dir: str | Path, name: str, note: str | None = None) -> dict:
+def probe(path: str | Path) -> dict:
+    """The machine's speed probe (matmul, memory and elementwise rates; benchmarks.throughput)
+    with the load average and time it was taken: measured on the quiet machine just before a
+    timed run, and stored beside that run's wall time by ``record --probe``."""
+    import datetime
+    import os
+
+    from benchmarks import throughput as tp
+
+    load = os.getloadavg()
+    out = {"taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "load_average_before": load, **tp._probe({})}
+    out["load_average_after"] = os.getloadavg()
+    Path(path).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def record(run_dir: str | Path, name: str, note: str | None = None, probe_file: str | None = None) -> dict:
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -75,6 +94,7 @@ def record(run_dir: str | Path, name: str, note: str | None = None) -> dict:
         "run_started": info.get("started"),
         "resumed": summary.get("resumed_from_step"),
         **({"note": note} if note else {}),
+        **({"probe": json.loads(Path(probe_file).read_text())} if probe_file else {}),
     }
     if config.get("calibrate"):
         out["calibration"] = _calibration_record(run_dir, summary)
@@ -178,8 +198,15 @@ def write_table(readme: Path = HERE / "README.md") -> None:
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    if cmd == "record":
-        print(json.dumps({k: v for k, v in record(*args).items() if k not in ("per_basin_nse", "config")}, indent=1))
+    if cmd == "probe":
+        print(json.dumps(probe(*args), indent=1))
+    elif cmd == "record":
+        probe_file = None
+        if "--probe" in args:
+            i = args.index("--probe")
+            probe_file, args = args[i + 1], args[:i] + args[i + 2:]
+        rec = record(*args, probe_file=probe_file)
+        print(json.dumps({k: v for k, v in rec.items() if k not in ("per_basin_nse", "config")}, indent=1))
     elif cmd == "figure":
         print(figure())
     elif cmd == "check":

@@ -13,12 +13,12 @@ from .losses import LOSSES, NSEBatch, RMSECombined
 from .dpl import Hydrology, NetworkSource, TableSource
 from .models import HBV, MODELS, ProcessModel
 from .models.hbv import run as run_hbv
-from .nets import LSTM, MLP, NETS
+from .nets import LSTM, LSTMMLP, MLP, NETS
 from .params import ParameterSpace
 from .train import TrainConfig, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["DPL", "HBV", "Hydrology", "LOSSES", "LSTM", "MLP", "MODELS", "NETS", "ConfigError",
+__all__ = ["DPL", "HBV", "Hydrology", "LOSSES", "LSTM", "LSTMMLP", "MLP", "MODELS", "NETS", "ConfigError",
            "NSEBatch", "NetworkSource", "ProcessModel", "TableSource", "ParameterSpace", "RMSECombined", "TrainConfig", "build", "data",
            "evaluate_run", "fit", "losses", "metrics", "models", "nets", "run_experiment", "run_hbv", "surrogate"]

@@ -63,8 +63,14 @@ class Experiment:
 
     def make_net(self, n_dynamic: int, n_static: int, seed: int | None = None) -> nnx.Module:
         cls = NETS[self.net_name]
-        return cls(n_dynamic, n_static, self.dpl.space.n_outputs, **self.net_options,
+        return cls(n_dynamic, n_static, self.dpl.space.n_outputs, **self.net_options, **_layout(cls, self.dpl),
                    rngs=nnx.Rngs(self.train.seed if seed is None else seed))
+
+
+def _layout(net_cls, dpl: DPL) -> dict:
+    """What a network that declares ``takes_layout`` is told of the parameter space: which
+    output columns vary in time (``net=lstm_mlp`` computes only those with its LSTM)."""
+    return {"dynamic_columns": dpl.space.dynamic_columns} if getattr(net_cls, "takes_layout", False) else {}
 
 
 def _scheduled_optimizer(make, options: dict, schedule: dict, total: int) -> optax.GradientTransformation:
@@ -93,10 +99,14 @@ def _build_model(mc: ModelSection) -> DPL:
 
 def _check_net(nc: NamedSection, dpl: DPL):
     net_cls = lookup(NETS, "net", nc.name)
-    check_options(net_cls, "net", nc.options, fixed=("n_dynamic", "n_static", "n_out"))
+    fixed = ("n_dynamic", "n_static", "n_out") + tuple(_layout(net_cls, dpl))
+    check_options(net_cls, "net", nc.options, fixed=fixed)
     if dpl.space.dynamic and not net_cls.is_sequence:
         raise ConfigError(f"model.dynamic={list(dpl.space.dynamic)} needs a sequence network (net=lstm); "
                           f"net={nc.name!r} gives static parameters only")
+    if getattr(net_cls, "takes_layout", False) and not dpl.space.dynamic:
+        raise ConfigError(f"net={nc.name!r} computes the time-varying parameters with its LSTM and needs "
+                          "some: set model.dynamic (e.g. [beta, betaet]), or use net=mlp for static ones")
 
 
 def _build_loss(lc: NamedSection):

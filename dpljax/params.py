@@ -3,9 +3,10 @@
 A :class:`ParameterSpace` knows, for one process model, the names and bounds of its
 parameters, which of them vary in time (``dynamic``), how many parallel components each
 basin has (``nmul``) and which routing parameters are learned (one set per basin). It fixes
-the layout of the network's last axis::
+the layout of the network's last axis: ``nmul`` columns per parameter, in the order of
+``bounds`` (static and dynamic alike), then the routing parameters::
 
-    [ static params x nmul | dynamic params x nmul | routing params ]
+    [ bounds[0] x nmul | bounds[1] x nmul | ... | routing params ]
 
 and maps raw values to physical ones with ``lo + sigmoid(raw) * (hi - lo)``. Static and
 routing parameters are read from the network's *last* time step, dynamic ones from every
@@ -58,6 +59,13 @@ class ParameterSpace:
     @property
     def static(self) -> tuple[str, ...]:
         return tuple(n for n in self.bounds if n not in self.dynamic)
+
+    @property
+    def dynamic_columns(self) -> tuple[int, ...]:
+        """The columns of the network's last axis read at every step (the dynamic parameters');
+        all others are read from the last step only."""
+        m = self.nmul
+        return tuple(c for i, n in enumerate(self.bounds) if n in self.dynamic for c in range(i * m, (i + 1) * m))
 
     @property
     def n_outputs(self) -> int:

@@ -1,0 +1,162 @@
+"""net=lstm_mlp: an LSTM for the time-varying parameters only, an MLP on the attributes for the
+static and routing ones. The layout it writes is the one the parameter space reads, static
+columns depend on the attributes alone, gradients match finite differences (also with the
+warm-up run forward only), and the experiment builds, refuses and trains it."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import small_config
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from dpljax import DPL, HBV, ConfigError, ParameterSpace, build
+from dpljax.data import Arrays
+from dpljax.dpl import NetworkSource, simulate
+from dpljax.models.routing import BOUNDS as RB
+from dpljax.nets import LSTMMLP
+
+B, T = 3, 40
+
+
+def _space(dynamic=("beta", "betaet", "k0")):
+    return ParameterSpace(HBV().bounds, nmul=2, dynamic=dynamic, routing_bounds=RB)
+
+
+def _net(space, dtype=jnp.float32, dropout=0.0, seed=0):
+    return LSTMMLP(3, 4, space.n_outputs, dynamic_columns=space.dynamic_columns, hidden=6, dropout=dropout,
+                   mlp_hidden=(8,), param_dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+def _inputs(dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.normal(size=(B, T, 3)), dtype), jnp.asarray(rng.normal(size=(B, 4)), dtype)
+
+
+def test_dynamic_columns_are_the_ones_the_space_reads_at_every_step():
+    space = _space(("beta", "k0"))
+    names = list(space.bounds)
+    m = space.nmul
+    want = [c for n in ("beta", "k0") for c in range(names.index(n) * m, (names.index(n) + 1) * m)]
+    assert space.dynamic_columns == tuple(sorted(want))
+    # A raw output that varies in time only in those columns: exactly beta and k0 vary.
+    raw = np.zeros((B, T, space.n_outputs), np.float32)
+    raw[..., list(space.dynamic_columns)] = np.linspace(-2, 2, T)[None, :, None]
+    params, _ = space.to_physical(jnp.asarray(raw))
+    assert {n for n, v in params.items() if v.ndim == 3} == {"beta", "k0"}
+    assert all(float(jnp.std(params[n], 1).min()) > 0 for n in ("beta", "k0"))
+
+
+def test_static_columns_come_from_the_attributes_alone_and_the_dynamic_ones_vary():
+    space = _space()
+    net = _net(space)
+    xd, xs = _inputs()
+    raw = np.asarray(net(xd, xs))
+    assert raw.shape == (B, T, space.n_outputs)
+    dyn = list(space.dynamic_columns)
+    static = [c for c in range(space.n_outputs) if c not in dyn]
+    np.testing.assert_array_equal(raw[:, :1, static].repeat(T, 1), raw[..., static])  # constant in time
+    assert np.std(raw[..., dyn], axis=1).min() > 0
+    # other forcings: the static columns are unchanged, the dynamic ones are not
+    raw2 = np.asarray(net(xd + 1.0, xs))
+    np.testing.assert_array_equal(raw2[..., static], raw[..., static])
+    assert np.abs(raw2[..., dyn] - raw[..., dyn]).max() > 1e-3
+    # other attributes change both
+    raw3 = np.asarray(net(xd, xs + 1.0))
+    assert np.abs(raw3[..., static] - raw[..., static]).max() > 1e-3
+    # ... and the static columns are the MLP's, in the space's order
+    mlp = np.asarray(net.mlp(xd, xs))
+    np.testing.assert_allclose(raw[:, 0, static], mlp, rtol=1e-6)
+    np.testing.assert_allclose(raw[..., dyn], np.asarray(net.seq(xd, xs)), rtol=1e-6)
+
+
+def _chain_loss(space, dtype, detach=0):
+    rng = np.random.default_rng(3)
+    forcing = {"prcp": rng.gamma(0.6, 5.0, (B, T)), "tmean": rng.normal(4.0, 9.0, (B, T)),
+               "pet": rng.uniform(0.0, 4.0, (B, T))}
+    forcing = {k: jnp.asarray(v, dtype) for k, v in forcing.items()}
+    obs = jnp.asarray(rng.gamma(1.0, 1.5, (B, T)), dtype)
+    xd, xs = _inputs(dtype)
+    batch = Arrays(forcing, xd, xs, obs, jnp.ones(B, dtype))
+    dpl = DPL(HBV(), space)
+    graphdef, state = nnx.split(_net(space, dtype))
+    flat, unravel = ravel_pytree(state)
+
+    def f(v):
+        q = simulate(dpl, NetworkSource(graphdef), unravel(v), batch, detach=detach).q
+        return jnp.mean((q[:, 15:] - obs[:, 15:]) ** 2)
+
+    return jax.jit(f), flat
+
+
+def _parts(space, g):
+    """The gradient split into the MLP's and the LSTM's weights (state order: mlp, seq)."""
+    _, st = nnx.split(_net(space, jnp.float64))
+    n_mlp = ravel_pytree(st["mlp"])[0].size
+    assert n_mlp + ravel_pytree(st["seq"])[0].size == g.size
+    return g[:n_mlp], g[n_mlp:]
+
+
+def test_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        space = _space()
+        f, flat = _chain_loss(space, jnp.float64)
+        g = np.asarray(jax.grad(f)(flat))
+        g_mlp, g_seq = _parts(space, g)
+        assert np.all(np.isfinite(g)) and np.abs(g_mlp).max() > 0 and np.abs(g_seq).max() > 0
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            d = rng.normal(size=flat.shape)
+            d /= np.linalg.norm(d)
+            h = 1e-5
+            fd = (float(f(flat + h * d)) - float(f(flat - h * d))) / (2 * h)
+            assert np.isclose(g @ d, fd, rtol=1e-4, atol=1e-9), (g @ d, fd)
+
+
+def test_warmup_forward_only_keeps_the_values_and_both_parts_learn():
+    """train.warmup_grad=false (detach): the same loss; the LSTM's warm-up and the model's
+    warm-up state are constants, so the gradient differs, and both parts still get one."""
+    with jax.enable_x64(True):
+        space = _space()
+        f0, flat = _chain_loss(space, jnp.float64, 0)
+        f1, _ = _chain_loss(space, jnp.float64, 15)
+        assert float(f1(flat)) == pytest.approx(float(f0(flat)), rel=1e-12)
+        g0, g1 = np.asarray(jax.grad(f0)(flat)), np.asarray(jax.grad(f1)(flat))
+        assert np.all(np.isfinite(g1)) and not np.allclose(g0, g1, rtol=1e-6)
+        assert all(np.abs(part).max() > 0 for part in _parts(space, g1))
+
+
+def test_the_experiment_builds_it_with_the_layout_and_refuses_it_without_dynamic_parameters():
+    exp = build(small_config(model={"dynamic": ["beta", "betaet"]},
+                             net={"name": "lstm_mlp", "hidden": 8, "mlp_hidden": [16], "dropout": 0.0}))
+    net = exp.make_net(3, 5)
+    assert isinstance(net, LSTMMLP) and net.seq.head.kernel.shape == (8, 2 * 2)
+    with pytest.raises(ConfigError, match="needs some: set model.dynamic"):
+        build(small_config(net={"name": "lstm_mlp", "hidden": 8}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        build(small_config(model={"dynamic": ["beta"]}, net={"name": "lstm_mlp", "dynamic_columns": [0]}))
+    with pytest.raises(ConfigError, match="net.mlp_hidden must be a list"):
+        build(small_config(model={"dynamic": ["beta"]}, net={"name": "lstm_mlp", "hidden": 8, "mlp_hidden": 16}))
+
+
+def test_a_short_fit_learns_on_the_sample(sample):
+    from dpljax.data import fit_normalizer, load, prepare
+    from dpljax.dpl import as_source
+    from dpljax.train import TrainConfig, fit
+
+    exp = build(small_config(model={"dynamic": ["beta", "betaet"]}, optim={"learning_rate": 1e-2},
+                             net={"name": "lstm_mlp", "hidden": 16, "mlp_hidden": [32], "dropout": 0.0}))
+    ds = load(exp.data, sample)
+    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train, forcing=exp.dpl.model.forcing)
+    cfg = TrainConfig(epochs=1, iters_per_epoch=30, batch_basins=4, window=120, warmup=120, progress=False,
+                      warmup_grad=False)
+    net = exp.make_net(arrays.x_dynamic.shape[-1], arrays.x_static.shape[-1], seed=0)
+    graphdef, theta0 = nnx.split(net)
+    theta0 = jax.tree.map(jnp.copy, theta0)  # fit donates the state it starts from
+    res = fit(exp.dpl, net, exp.tx, exp.loss, arrays, cfg, log=lambda *a: None)
+
+    def whole(theta):  # the loss on every basin over the whole training period (after a year)
+        q = simulate(exp.dpl, as_source(graphdef), theta, arrays).q
+        return float(exp.loss(q[:, 365:], arrays.obs[:, 365:], arrays.obs_std))
+
+    assert res.skipped_steps == 0 and whole(res.state.theta) < 0.9 * whole(theta0)
