@@ -2,6 +2,8 @@
 
     python -m benchmarks.accuracy_time            # print the table
     python -m benchmarks.accuracy_time --readme   # and write it into benchmarks/README.md
+    python -m benchmarks.accuracy_time --variant RUN_DIR PART NAME "what changed" ["note"]
+        # add a finished run to results/accuracy_hour_variants.json (every variant tried)
 
 Every number comes from a ``benchmarks/results/camels*.json`` file (median test NSE and KGE,
 training or calibration wall time, steps, devices, machine); the published anchors are those
@@ -98,10 +100,47 @@ def write_readme(text: str) -> None:
     README.write_text(s)
 
 
+VARIANTS = RESULTS / "accuracy_hour_variants.json"
+
+
+def record_variant(run_dir, part: str, name: str, change: str, note: str = "") -> dict:
+    """One tried variant (a finished ``dpljax`` run directory) into ``VARIANTS`` under ``part``:
+    what changed, the overrides it ran with, median test NSE/KGE, steps, training wall time and
+    seconds per step, and the load average when it was recorded (what shared the cores)."""
+    import os
+
+    import yaml
+
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    info = json.loads((run_dir / "run_info.json").read_text())
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    wall, steps = summary.get("train_wall_time_s"), summary.get("steps")
+    rec = {"what_changed": change, "run_dir": str(run_dir),
+           "overrides": yaml.safe_load(overrides.read_text()) if overrides.exists() else None,
+           "median_nse": summary["median_nse"], "median_kge": summary.get("median_kge"),
+           "mean_nse": summary.get("mean_nse"), "n_basins": summary.get("n_basins"), "steps": steps,
+           "train_wall_time_s": wall, "s_per_step": (wall / steps) if wall and steps else None,
+           "git_commit": info.get("git_commit"), "git_dirty": info.get("git_dirty"),
+           "devices": info.get("devices"), "started": info.get("started"),
+           "load_average_at_record": os.getloadavg(), **({"note": note} if note else {})}
+    doc = json.loads(VARIANTS.read_text()) if VARIANTS.exists() else {
+        "what": "issue 15 (accuracy per hour): every variant tried, what helped and what did not",
+        "parts": {}}
+    doc["parts"].setdefault(part, {})[name] = rec
+    VARIANTS.write_text(json.dumps(doc, indent=1))
+    return rec
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--variant", nargs="+", metavar="ARG",
+                    help="RUN_DIR PART NAME 'what changed' ['note']: record a tried variant")
     args = ap.parse_args(argv)
+    if args.variant:
+        print(json.dumps(record_variant(*args.variant), indent=1))
+        return
     text = table()
     print(text)
     if args.readme:

@@ -53,14 +53,19 @@ def flat(d: Any, prefix: str = "") -> dict:
 
 #: Train keys that older configs and checkpoints lack, with what their absence meant.
 TRAIN_IMPLICIT = {"warmup_grad": True}
+#: Net keys that older configs of these networks lack, with what their absence meant.
+NET_IMPLICIT = {"lstm": {"stride": 1}}
 
 
 def _implicit(config: Any) -> Any:
     """An experiment config with the keys that older configs lack (``data.attributes``,
-    ``data.variables``, :data:`TRAIN_IMPLICIT`) set to what their absence meant, so that the
+    ``data.variables``, :data:`TRAIN_IMPLICIT`, :data:`NET_IMPLICIT`) set to what their absence meant, so that the
     two spell one experiment alike."""
     if isinstance(config, dict) and isinstance(config.get("train"), dict):
         config = {**config, "train": {**TRAIN_IMPLICIT, **config["train"]}}
+    if isinstance(config, dict) and isinstance(config.get("net"), dict):
+        net = config["net"]
+        config = {**config, "net": {**NET_IMPLICIT.get(net.get("name"), {}), **net}}
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         return config
     from .data.contract import ATTRIBUTES_35

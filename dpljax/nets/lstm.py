@@ -16,13 +16,24 @@ class LSTM(nnx.Module):
     layer feeds one LSTM layer; dropout (reference: 0.5) acts on the LSTM's output; a linear
     head gives the raw parameters at every step. The input projection of all steps is one
     matrix product before the time loop, so the scan carries only ``h @ W_hh``.
+
+    ``stride > 1``: the LSTM steps through blocks of ``stride`` days. A block's input is its
+    days' forcings side by side (nothing is averaged away) plus the attributes; the head emits
+    the block's ``stride`` days of parameters, so they stay daily. The time loop, most of the
+    network's cost on a CPU, is ``stride`` times shorter. A parameter can then depend on the
+    forcings of later days of its block (at most ``stride - 1``): fine for simulation with
+    observed forcings, not for forecasting.
     """
 
     is_sequence = True
 
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, hidden: int = 256,
-                 dropout: float = 0.5, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        n_in = n_dynamic + n_static
+                 dropout: float = 0.5, stride: int = 1, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if isinstance(stride, bool) or int(stride) != stride or int(stride) < 1:
+            raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+        self.stride = int(stride)
+        self.n_out = int(n_out)
+        n_in = self.stride * n_dynamic + n_static
         self.hidden = int(hidden)
         h = self.hidden
         self.inp = nnx.Linear(n_in, h, param_dtype=param_dtype, rngs=rngs)
@@ -32,24 +43,37 @@ class LSTM(nnx.Module):
         # forget-gate bias 1 (gate order i, f, g, o): remembers by default
         self.b = nnx.Param(jnp.zeros((4 * h,), param_dtype).at[h:2 * h].set(1.0))
         self.dropout = nnx.Dropout(dropout)
-        self.head = nnx.Linear(h, n_out, param_dtype=param_dtype, rngs=rngs)
+        self.head = nnx.Linear(h, self.stride * self.n_out, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0):
         """Raw parameters ``(B, T, n_out)``. ``detach > 0`` (``train.warmup_grad=false``):
         the first ``detach`` steps are computed forward only: same values, but no gradient
         flows through them, nor through the hidden state ``(h, c)`` entering step ``detach``,
         so the backward pass (recurrence, input projection, head) covers the later steps only."""
+        d = int(detach)
+        b, t, n_dyn = x_dynamic.shape
+        if d and not 0 < d < t:
+            raise ValueError(f"detach={d} must lie in [0, {t}) (the sequence has {t} steps)")
+        s = self.stride
+        if s == 1:
+            return self._steps(x_dynamic, x_static, key, d)
+        # Blocks of s days: zeros (the inputs' mean) before the first day make the last block
+        # end on the last day; a block's step sees its s days and emits their s parameter rows.
+        pad = (-t) % s
+        xb = jnp.pad(x_dynamic, ((0, 0), (pad, 0), (0, 0))).reshape(b, (t + pad) // s, s * n_dyn)
+        raw = self._steps(xb, x_static, key, (pad + d) // s if d else 0)  # warm-up's whole blocks
+        return raw.reshape(b, t + pad, self.n_out)[:, pad:]
+
+    def _steps(self, x_dynamic, x_static, key, d: int):
+        """The LSTM over the steps of ``x_dynamic`` (days, or blocks of ``stride`` days)."""
         b, t, _ = x_dynamic.shape
         x = jnp.concatenate([x_dynamic, jnp.broadcast_to(x_static[:, None, :], (b, t, x_static.shape[-1]))], -1)
-        d = int(detach)
         if d == 0:
             x = jax.nn.relu(self.inp(x))
             gates_x = jnp.swapaxes(x @ self.w_ih[...] + self.b[...], 0, 1)  # (T, B, 4H) time-major
             _, hs = lstm_recurrence(gates_x, self.w_hh[...])
             hs = jnp.swapaxes(hs, 0, 1)  # (B, T, H)
             return self.head(self._dropout(hs, key))
-        if not 0 < d < t:
-            raise ValueError(f"detach={d} must lie in [0, {t}) (the sequence has {t} steps)")
         sg = jax.lax.stop_gradient
         # Warm-up steps: the same operations on stop-gradiented weights (no tangent, so no
         # residuals and no backward); the window starts from the constant state (h, c).

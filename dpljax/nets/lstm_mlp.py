@@ -28,7 +28,8 @@ class LSTMMLP(nnx.Module):
     ``dynamic_columns``: which of the ``n_out`` output columns vary in time (the parameter
     space's :attr:`~dpljax.params.ParameterSpace.dynamic_columns`; the experiment passes it).
     Those come from an :class:`~dpljax.nets.LSTM` of ``hidden`` units fed forcings and
-    attributes (dropout ``dropout`` on its output); the others from an :class:`~dpljax.nets.MLP`
+    attributes (dropout ``dropout`` on its output; ``stride``: blocks of days per step, see
+    :class:`~dpljax.nets.LSTM`); the others from an :class:`~dpljax.nets.MLP`
     of ``mlp_hidden`` on the attributes alone (dropout ``mlp_dropout``), repeated along time.
     """
 
@@ -36,7 +37,7 @@ class LSTMMLP(nnx.Module):
     takes_layout = True  # built with the parameter space's dynamic_columns
 
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, dynamic_columns: Sequence[int],
-                 hidden: int = 64, dropout: float = 0.5, mlp_hidden: Sequence[int] = (256,),
+                 hidden: int = 64, dropout: float = 0.5, stride: int = 1, mlp_hidden: Sequence[int] = (256,),
                  mlp_dropout: float = 0.0, param_dtype=jnp.float32, rngs: nnx.Rngs):
         dyn = sorted(int(c) for c in dynamic_columns)
         if not dyn:
@@ -46,7 +47,7 @@ class LSTMMLP(nnx.Module):
             raise ValueError(f"dynamic_columns must be distinct columns in [0, {n_out}), got {list(dynamic_columns)}")
         static = [c for c in range(n_out) if c not in set(dyn)]
         self.n_out = int(n_out)
-        self.seq = LSTM(n_dynamic, n_static, len(dyn), hidden=hidden, dropout=dropout,
+        self.seq = LSTM(n_dynamic, n_static, len(dyn), hidden=hidden, dropout=dropout, stride=stride,
                         param_dtype=param_dtype, rngs=rngs)
         self.mlp = MLP(n_dynamic, n_static, len(static), hidden=tuple(mlp_hidden), dropout=mlp_dropout,
                        param_dtype=param_dtype, rngs=rngs)
