@@ -49,18 +49,17 @@ def rows() -> list[dict]:
         out.append({"file": f.name, "group": _group(f.stem), "nse": d["median_nse"], "kge": d.get("median_kge"),
                     "minutes": None if wall is None else wall / 60, "steps": d.get("steps"),
                     "where": ("1 GPU" if gpu else f"{max(1, len(devices))} CPU device(s), 2 cores"),
-                    "probe": _probe_text(d.get("probe"))})
+                    "probe": _probe_text(d)})
     return out
 
 
-def _probe_text(p) -> str:
-    """The speed probe taken on the quiet machine before the run (``benchmarks.camels probe``):
-    f32 matmul GFLOP/s and the load average then; empty where the run recorded none."""
-    m = (p or {}).get("machine") or {}
-    if "matmul_gflops" not in m:
+def _probe_text(d: dict) -> str:
+    """The f32 matmul rate of the speed probe (``benchmarks.camels probe``) taken on the quiet
+    machine just before the run, and just after it where recorded; empty where none was."""
+    rates = [((d.get(k) or {}).get("machine") or {}).get("matmul_gflops") for k in ("probe", "probe_after")]
+    if rates[0] is None:
         return ""
-    load = p.get("load_average_before")
-    return f"matmul {m['matmul_gflops']:.0f} GFLOP/s" + (f", load {load[0]:.1f}" if load else "")
+    return f"{rates[0]:.0f} GFLOP/s before" + ("" if rates[1] is None else f", {rates[1]:.0f} after")
 
 
 def table() -> str:
@@ -72,7 +71,7 @@ def table() -> str:
         if g not in by:
             continue
         lines += [f"**{split}.** Published: {anchors}.", "",
-                  "| result file | median NSE | median KGE | training time | steps | where | speed probe before the run |",
+                  "| result file | median NSE | median KGE | training time | steps | where | machine's speed probe (f32 matmul) |",
                   "|---|---|---|---|---|---|---|"]
         for r in sorted(by[g], key=lambda r: -r["nse"]):
             t = "" if r["minutes"] is None else f"{r['minutes']:.1f} min"
@@ -84,7 +83,26 @@ def table() -> str:
               "file; most of these runs shared the 2 cores with other work (each file's note says so), and "
               "machines of this kind differ by about 2x, so a time here is an upper bound, not a rate. "
               "Calibrations have no steps."]
+    lines += variants_table()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def variants_table() -> list[str]:
+    """Every tried variant of ``VARIANTS``, part by part, in the order they were recorded."""
+    if not VARIANTS.exists():
+        return []
+    doc = json.loads(VARIANTS.read_text())
+    out = []
+    for part, runs in doc["parts"].items():
+        out += ["", f"**Variants tried, `{part}`** ([accuracy_hour_variants.json](results/accuracy_hour_variants.json)):",
+                "", "| variant | what changed | median NSE | median KGE | steps | s / step | training time | note |",
+                "|---|---|---|---|---|---|---|---|"]
+        for name, r in runs.items():
+            sps = "" if r.get("s_per_step") is None else f"{r['s_per_step']:.2f}"
+            t = "" if r.get("train_wall_time_s") is None else f"{r['train_wall_time_s'] / 60:.1f} min"
+            out.append(f"| {name} | {r['what_changed']} | {r['median_nse']:.3f} | {r['median_kge']:.3f} | "
+                       f"{r.get('steps') or ''} | {sps} | {t} | {r.get('note', '')} |")
+    return out
 
 
 def write_readme(text: str) -> None:
