@@ -31,6 +31,46 @@ def small_config(**sections) -> dict:
     return config
 
 
+def assert_directional_derivatives(f, x, g, n: int = 3, h: float = 1e-5, rtol: float = 1e-4, seed: int = 1):
+    """``g`` (the gradient of ``f`` at the flat vector ``x``) against central differences of
+    ``f`` along ``n`` random unit directions."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        d = rng.normal(size=x.shape)
+        d /= np.linalg.norm(d)
+        fd = (float(f(x + h * d)) - float(f(x - h * d))) / (2 * h)
+        assert np.isclose(g @ d, fd, rtol=rtol, atol=1e-9), (g @ d, fd)
+
+
+def short_fit_learns(sample, config: dict) -> None:
+    """30 steps (4 basins x 120 + 120 days, warm-up forward only) of the experiment ``config``
+    on the embedded sample lower the loss over every basin and the whole training period by 10%."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from dpljax import build
+    from dpljax.data import fit_normalizer, load, prepare
+    from dpljax.dpl import as_source, simulate
+    from dpljax.train import TrainConfig, fit
+
+    exp = build(config)
+    ds = load(exp.data, sample)
+    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train, forcing=exp.dpl.model.forcing)
+    cfg = TrainConfig(epochs=1, iters_per_epoch=30, batch_basins=4, window=120, warmup=120, progress=False,
+                      warmup_grad=False)
+    net = exp.make_net(arrays.x_dynamic.shape[-1], arrays.x_static.shape[-1], seed=0)
+    graphdef, theta0 = nnx.split(net)
+    theta0 = jax.tree.map(jnp.copy, theta0)  # fit donates the state it starts from
+    res = fit(exp.dpl, net, exp.tx, exp.loss, arrays, cfg, log=lambda *a: None)
+
+    def whole(theta):  # the loss on every basin over the whole training period (after a year)
+        q = simulate(exp.dpl, as_source(graphdef), theta, arrays).q
+        return float(exp.loss(q[:, 365:], arrays.obs[:, 365:], arrays.obs_std))
+
+    assert res.skipped_steps == 0 and whole(res.state.theta) < 0.9 * whole(theta0)
+
+
 def shared_data() -> Path | None:
     """``../shared/data`` beside the checkout (or $DPLJAX_SHARED_DATA); None when absent."""
     env = os.environ.get("DPLJAX_SHARED_DATA")

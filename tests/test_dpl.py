@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_directional_derivatives
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
@@ -43,13 +44,7 @@ def test_grad_wrt_network_matches_finite_differences(sample, net_cls, dynamic):
 
         g = np.asarray(jax.grad(f)(flat))
         assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
-        rng = np.random.default_rng(1)
-        for _ in range(3):
-            d = rng.normal(size=flat.shape)
-            d /= np.linalg.norm(d)
-            h = 1e-5
-            fd = (float(f(flat + h * d)) - float(f(flat - h * d))) / (2 * h)
-            assert np.isclose(g @ d, fd, rtol=1e-4, atol=1e-9), (g @ d, fd)
+        assert_directional_derivatives(f, flat, g)
 
 
 def test_grad_wrt_physical_parameters_matches_finite_differences(sample):

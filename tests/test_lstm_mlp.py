@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import assert_directional_derivatives, short_fit_learns, small_config
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
@@ -104,13 +104,7 @@ def test_gradient_matches_finite_differences():
         g = np.asarray(jax.grad(f)(flat))
         g_mlp, g_seq = _parts(space, g)
         assert np.all(np.isfinite(g)) and np.abs(g_mlp).max() > 0 and np.abs(g_seq).max() > 0
-        rng = np.random.default_rng(1)
-        for _ in range(3):
-            d = rng.normal(size=flat.shape)
-            d /= np.linalg.norm(d)
-            h = 1e-5
-            fd = (float(f(flat + h * d)) - float(f(flat - h * d))) / (2 * h)
-            assert np.isclose(g @ d, fd, rtol=1e-4, atol=1e-9), (g @ d, fd)
+        assert_directional_derivatives(f, flat, g)
 
 
 def test_warmup_forward_only_keeps_the_values_and_both_parts_learn():
@@ -140,23 +134,5 @@ def test_the_experiment_builds_it_with_the_layout_and_refuses_it_without_dynamic
 
 
 def test_a_short_fit_learns_on_the_sample(sample):
-    from dpljax.data import fit_normalizer, load, prepare
-    from dpljax.dpl import as_source
-    from dpljax.train import TrainConfig, fit
-
-    exp = build(small_config(model={"dynamic": ["beta", "betaet"]}, optim={"learning_rate": 1e-2},
-                             net={"name": "lstm_mlp", "hidden": 16, "mlp_hidden": [32], "dropout": 0.0}))
-    ds = load(exp.data, sample)
-    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train, forcing=exp.dpl.model.forcing)
-    cfg = TrainConfig(epochs=1, iters_per_epoch=30, batch_basins=4, window=120, warmup=120, progress=False,
-                      warmup_grad=False)
-    net = exp.make_net(arrays.x_dynamic.shape[-1], arrays.x_static.shape[-1], seed=0)
-    graphdef, theta0 = nnx.split(net)
-    theta0 = jax.tree.map(jnp.copy, theta0)  # fit donates the state it starts from
-    res = fit(exp.dpl, net, exp.tx, exp.loss, arrays, cfg, log=lambda *a: None)
-
-    def whole(theta):  # the loss on every basin over the whole training period (after a year)
-        q = simulate(exp.dpl, as_source(graphdef), theta, arrays).q
-        return float(exp.loss(q[:, 365:], arrays.obs[:, 365:], arrays.obs_std))
-
-    assert res.skipped_steps == 0 and whole(res.state.theta) < 0.9 * whole(theta0)
+    short_fit_learns(sample, small_config(model={"dynamic": ["beta", "betaet"]}, optim={"learning_rate": 1e-2},
+                                          net={"name": "lstm_mlp", "hidden": 16, "mlp_hidden": [32], "dropout": 0.0}))

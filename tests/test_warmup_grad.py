@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import small_config
+from conftest import short_fit_learns, small_config
 from dpljax.data.dataset import Arrays
 from dpljax.dpl import DPL, TableSource, as_source, simulate
 from dpljax.models import GR4J, HBV
@@ -287,22 +287,5 @@ def test_older_configs_and_checkpoints_mean_warmup_grad_true():
 
 
 def test_a_short_fit_with_warmup_grad_false_learns(sample):
-    from dpljax import build
-    from dpljax.data import fit_normalizer, load, prepare
-    from dpljax.train import fit
-
-    exp = build(small_config(train={"warmup_grad": False, "progress": False}, optim={"learning_rate": 1e-2}))
-    ds = load(exp.data, sample)
-    arrays, _ = prepare(exp.data, ds, fit_normalizer(exp.data, ds), *exp.data.train, forcing=exp.dpl.model.forcing)
-    cfg = TrainConfig(epochs=1, iters_per_epoch=30, batch_basins=4, window=120, warmup=120, progress=False,
-                      warmup_grad=False)
-    net = exp.make_net(arrays.x_dynamic.shape[-1], arrays.x_static.shape[-1], seed=0)
-    graphdef, theta0 = nnx.split(net)
-    theta0 = jax.tree.map(jnp.copy, theta0)  # fit donates the state it starts from
-    res = fit(exp.dpl, net, exp.tx, exp.loss, arrays, cfg, log=lambda *a: None)
-
-    def whole(theta):  # the loss on every basin over the whole training period (after a year)
-        q = simulate(exp.dpl, as_source(graphdef), theta, arrays).q
-        return float(exp.loss(q[:, 365:], arrays.obs[:, 365:], arrays.obs_std))
-
-    assert res.skipped_steps == 0 and whole(res.state.theta) < 0.9 * whole(theta0)
+    short_fit_learns(sample, small_config(train={"warmup_grad": False, "progress": False},
+                                          optim={"learning_rate": 1e-2}))
