@@ -45,17 +45,13 @@ class LSTMMLP(nnx.Module):
                              "its LSTM has nothing to emit; use net=mlp")
         if len(set(dyn)) != len(dyn) or dyn[0] < 0 or dyn[-1] >= n_out:
             raise ValueError(f"dynamic_columns must be distinct columns in [0, {n_out}), got {list(dynamic_columns)}")
-        static = [c for c in range(n_out) if c not in set(dyn)]
-        self.n_out = int(n_out)
+        static = sorted(set(range(n_out)) - set(dyn))
         self.seq = LSTM(n_dynamic, n_static, len(dyn), hidden=hidden, dropout=dropout, stride=stride,
                         param_dtype=param_dtype, rngs=rngs)
         self.mlp = MLP(n_dynamic, n_static, len(static), hidden=tuple(mlp_hidden), dropout=mlp_dropout,
                        param_dtype=param_dtype, rngs=rngs)
-        # column c of the output is column order[c] of concat([mlp, lstm])
-        where = np.empty(n_out, np.int32)
-        where[static] = np.arange(len(static))
-        where[dyn] = len(static) + np.arange(len(dyn))
-        self.order = tuple(int(c) for c in where)  # a constant of the layout (static, not state)
+        # column c of the output is column order[c] of concat([mlp, lstm]): where c sits in static + dyn
+        self.order = tuple(int(j) for j in np.argsort(static + dyn))  # a constant of the layout, not state
 
     def __call__(self, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0):
         """Raw parameters ``(B, T, n_out)``; ``detach``: see :meth:`dpljax.nets.LSTM.__call__`
