@@ -60,12 +60,17 @@ class ParameterSpace:
     def static(self) -> tuple[str, ...]:
         return tuple(n for n in self.bounds if n not in self.dynamic)
 
+    def columns(self, name: str) -> slice:
+        """The ``nmul`` columns of the network's last axis that hold parameter ``name``."""
+        i = list(self.bounds).index(name)
+        return slice(i * self.nmul, (i + 1) * self.nmul)
+
     @property
     def dynamic_columns(self) -> tuple[int, ...]:
         """The columns of the network's last axis read at every step (the dynamic parameters');
         all others are read from the last step only."""
-        m = self.nmul
-        return tuple(c for i, n in enumerate(self.bounds) if n in self.dynamic for c in range(i * m, (i + 1) * m))
+        return tuple(c for n in self.bounds if n in self.dynamic
+                     for c in range(*self.columns(n).indices(self.n_outputs)))
 
     @property
     def n_outputs(self) -> int:
@@ -92,13 +97,11 @@ class ParameterSpace:
             last, seq = raw[:, -1], raw
         else:
             raise ValueError(f"raw network output must be 2-D or 3-D, got shape {raw.shape}")
-        m = self.nmul
         scaled = {}
-        for i, (name, (lo, hi)) in enumerate(self.bounds.items()):
+        for name, (lo, hi) in self.bounds.items():
             src = seq if name in self.dynamic else last
-            r = src[..., i * m : (i + 1) * m]
-            scaled[name] = lo + jax.nn.sigmoid(r) * (hi - lo)
-        off = len(self.bounds) * m
+            scaled[name] = lo + jax.nn.sigmoid(src[..., self.columns(name)]) * (hi - lo)
+        off = len(self.bounds) * self.nmul
         routing = {
             name: lo + jax.nn.sigmoid(last[:, off + j]) * (hi - lo)
             for j, (name, (lo, hi)) in enumerate(self.routing_bounds.items())
