@@ -21,13 +21,11 @@ def _train(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from .experiment import SECTIONS, run_experiment
+    from .experiment import SECTIONS, ConfigError, run_experiment
 
     config = OmegaConf.to_container(cfg, resolve=True)
     unknown = sorted(set(config) - set(SECTIONS) - {"name", "pub", "calibrate"})
     if unknown:
-        from .experiment import ConfigError
-
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
     from .parallel import use_host_devices
 
@@ -43,7 +41,11 @@ def _train(cfg) -> float:
     if pub:  # k-fold prediction in ungauged basins; each fold resumes on its own
         from .pub import run_pub
 
-        return run_pub(config, run_dir, n_folds=int(pub["n_folds"]), seed=int(pub["seed"]))["median_nse"]
+        if set(pub) - {"n_folds", "seed", "folds"}:
+            raise ConfigError(f"unknown pub key(s) {sorted(set(pub) - {'n_folds', 'seed', 'folds'})} "
+                              "(known: n_folds, seed, folds)")
+        return run_pub(config, run_dir, n_folds=int(pub["n_folds"]), seed=int(pub["seed"]),
+                       folds=pub.get("folds"))["median_nse"]
     if config["train"].get("resume"):  # the run's saved config governs; see README "Resume"
         from .resume import resume_config
 

@@ -51,3 +51,43 @@ def test_pub_on_sample(tmp_path):
     assert main(["evaluate", str(tmp_path)]) is None  # the console script's exit status is 0
     with pytest.raises(ValueError, match="holds a PUB run"):
         run_pub(config, tmp_path, n_folds=4, seed=3, log=quiet)
+
+
+def test_pub_folds_split_over_calls(tmp_path):
+    """pub.folds trains only the listed folds; the pooled summary waits for all of them, and
+    folds finished in an earlier call are pooled, not trained again."""
+    config = small_config(train={"epochs": 1, "iters_per_epoch": 3, "batch_basins": 4})
+    quiet = lambda *a: None
+    with pytest.raises(ConfigError, match=r"pub\.folds must list fold numbers 0\.\.1"):
+        run_pub(config, tmp_path, n_folds=2, seed=3, folds=[2], log=quiet)
+    part = run_pub(config, tmp_path, n_folds=2, seed=3, folds=[1], log=quiet)
+    held = json.loads((tmp_path / "pub.json").read_text())["folds"]
+    assert not (tmp_path / "fold_0").exists() and not (tmp_path / "summary.json").exists()
+    assert part["partial"] and part["folds_done"] == [1] and part["n_basins"] == len(held[1])
+    assert json.loads((tmp_path / "summary_partial.json").read_text())["folds_done"] == [1]
+    with pytest.raises(Exception, match="never finished"):
+        evaluate_pub(tmp_path, log=quiet)
+    mtime = (tmp_path / "fold_1" / "weights.npz").stat().st_mtime
+    full = run_pub(config, tmp_path, n_folds=2, seed=3, log=quiet)
+    assert (tmp_path / "fold_1" / "weights.npz").stat().st_mtime == mtime
+    assert "partial" not in full and full["n_basins"] == 8 and not (tmp_path / "summary_partial.json").exists()
+    pooled = pd.read_csv(tmp_path / "metrics_test.csv", index_col=0, dtype={"basin": str})
+    fold1 = pd.read_csv(tmp_path / "fold_1" / "metrics_test.csv", index_col=0, dtype={"basin": str})
+    assert pooled.loc[fold1.index, "nse"].tolist() == pytest.approx(fold1["nse"].tolist(), abs=1e-6)
+
+
+def test_pub_folds_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "dpljax")
+    bad = subprocess.run([exe, "pub={n_folds: 2, seed: 3, fold: [1]}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown pub key(s) ['fold'] (known: n_folds, seed, folds)" in bad.stderr
+    run = tmp_path / "run"
+    ok = subprocess.run([exe, "pub={n_folds: 2, seed: 3, folds: [1]}", "train.epochs=1", "train.iters_per_epoch=2", "train.batch_basins=4",
+                         "train.progress=false", f"hydra.run.dir={run}"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (run / "fold_1" / "summary.json").exists() and not (run / "fold_0").exists()
+    assert "the pooled result waits for folds [0]" in ok.stdout
