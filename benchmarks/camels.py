@@ -135,17 +135,23 @@ def figure(path: str | Path = RESULTS / "camels_nse_cdf.png") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for f in sorted(RESULTS.glob("camels*.json")):
-        rec = json.loads(f.read_text())
-        v = np.sort([x for x in rec["per_basin_nse"].values() if x is not None])
-        ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post",
-                label=f"{rec['experiment']} (median {rec['median_nse']:.3f}, n={len(v)})")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("test NSE")
-    ax.set_ylabel("fraction of basins")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    recs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("camels*.json"))]
+    panels = [("671 basins, temporal split", [r for r in recs if r["experiment"].startswith("camels671")]),
+              ("531 basins, test WY1990-1999 (pub_*: basins never trained on)", [r for r in recs if not r["experiment"].startswith("camels671")])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    for ax, (title, group) in zip(axes, panels):
+        colours = plt.get_cmap("tab10" if len(group) <= 10 else "tab20")
+        for i, rec in enumerate(sorted(group, key=lambda r: -r["median_nse"])):
+            v = np.sort([x for x in rec["per_basin_nse"].values() if x is not None])
+            ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=colours(i), lw=1.2,
+                    label=f"{rec['experiment'].split('_', 1)[1]} ({rec['median_nse']:.3f})")
+        ax.axhline(0.5, color="k", lw=0.5, alpha=0.4)
+        ax.set_xlim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("test NSE")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", title="experiment (median)", title_fontsize=7)
+    axes[0].set_ylabel("fraction of basins")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
