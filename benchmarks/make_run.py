@@ -46,6 +46,17 @@ def seed_record(seed: int, run_dir: Path, wall: float) -> dict:
             "per_basin_nse": {b: round(float(v), 4) for b, v in table["nse"].items()}}
 
 
+def _carried_over(old: dict | None) -> dict:
+    """What a new record keeps of the one it replaces: the first, single-seed record (as
+    ``previous``) and the side-by-side comparison of two commits (``before_after``)."""
+    if not old:
+        return {}
+    if "seeds" not in old:  # the first record's format: one seed
+        return {"previous": {k: old[k] for k in ("median_test_nse", "make_run_wall_time_s", "git_commit", "note")
+                             if k in old}}
+    return {k: old[k] for k in ("previous", "before_after") if k in old}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -74,9 +85,7 @@ def main(argv=None) -> dict:
         "probe": machine_probe,
         "git_commit": commit,
         **({"note": args.note} if args.note else {}),
-        **({"previous": {k: old[k] for k in ("median_test_nse", "make_run_wall_time_s", "git_commit", "note")
-                         if k in old}} if old and "seeds" not in old else
-           {"previous": old.get("previous")} if old and old.get("previous") else {}),
+        **_carried_over(old),
     }
     previous.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: out[k] for k in ("median_test_nse_mean", "median_test_nse_range",

@@ -41,9 +41,9 @@ def _train(cfg) -> float:
     if pub:  # k-fold prediction in ungauged basins; each fold resumes on its own
         from .pub import run_pub
 
-        if set(pub) - {"n_folds", "seed", "folds"}:
-            raise ConfigError(f"unknown pub key(s) {sorted(set(pub) - {'n_folds', 'seed', 'folds'})} "
-                              "(known: n_folds, seed, folds)")
+        known = ("n_folds", "seed", "folds")
+        if set(pub) - set(known):
+            raise ConfigError(f"unknown pub key(s) {sorted(set(pub) - set(known))} (known: {', '.join(known)})")
         return run_pub(config, run_dir, n_folds=int(pub["n_folds"]), seed=int(pub["seed"]),
                        folds=pub.get("folds"))["median_nse"]
     if config["train"].get("resume"):  # the run's saved config governs; see README "Resume"

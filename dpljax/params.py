@@ -70,7 +70,7 @@ class ParameterSpace:
         """The columns of the network's last axis read at every step (the dynamic parameters');
         all others are read from the last step only."""
         return tuple(c for n in self.bounds if n in self.dynamic
-                     for c in range(*self.columns(n).indices(self.n_outputs)))
+                     for c in range(self.columns(n).start, self.columns(n).stop))
 
     @property
     def n_outputs(self) -> int:

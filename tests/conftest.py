@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from dpljax.parallel import use_host_devices  # noqa: E402
 use_host_devices(2)
 
 ROOT = Path(__file__).resolve().parents[1]
+EXE = Path(sys.executable).parent / "dpljax"  # the console script of this environment
 
 
 def small_config(**sections) -> dict:

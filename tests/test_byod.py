@@ -4,7 +4,6 @@ trip, errors), the data config's keys, and progress output that is not a termina
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from conftest import ROOT, small_config
+from conftest import EXE, ROOT, small_config
 
-EXE = Path(sys.executable).parent / "dpljax"
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 QUIET = lambda *a: None  # noqa: E731
 #: Tiny training on short periods (2 years + 1 test year), so a test takes seconds.

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import small_config
+from conftest import EXE, small_config
 from dpljax.config import ConfigError
 from dpljax.evaluate import evaluate_pub
 from dpljax.pub import folds, run_pub
@@ -78,10 +78,8 @@ def test_pub_folds_split_over_calls(tmp_path):
 
 def test_pub_folds_from_the_command_line(tmp_path):
     import subprocess
-    import sys
-    from pathlib import Path
 
-    exe = str(Path(sys.executable).parent / "dpljax")
+    exe = str(EXE)
     bad = subprocess.run([exe, "pub={n_folds: 2, seed: 3, fold: [1]}", f"hydra.run.dir={tmp_path / 'bad'}"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown pub key(s) ['fold'] (known: n_folds, seed, folds)" in bad.stderr

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import small_config
+from conftest import EXE, small_config
 from dpljax import ConfigError
 from dpljax.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-EXE = Path(sys.executable).parent / "dpljax"
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 QUIET = lambda *a: None  # noqa: E731
 #: The issue's tiny experiment, T.

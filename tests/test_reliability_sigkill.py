@@ -3,16 +3,15 @@ exactly the parameters of an uninterrupted run with the same seed."""
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from conftest import EXE
 from dpljax.checkpoint import read_checkpoint_meta
 
 ROOT = Path(__file__).resolve().parents[1]
-EXE = Path(sys.executable).parent / "dpljax"
 # 3 epochs x 400 iterations, a checkpoint every epoch; small enough to take seconds.
 ARGS = ["model.nmul=2", "net.hidden=[16]", "train.epochs=3", "train.iters_per_epoch=400",
         "train.batch_basins=4", "train.window=365", "train.warmup=365", "train.progress=false",

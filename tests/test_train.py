@@ -2,14 +2,13 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import small_config
+from conftest import EXE, small_config
 from dpljax import build
 from dpljax.experiment import run_experiment
 from dpljax.checkpoint import load_checkpoint, save_checkpoint
@@ -68,11 +67,10 @@ def test_config_errors_before_compute():
 
 
 def test_cli_end_to_end(tmp_path):
-    exe = Path(sys.executable).parent / "dpljax"
     run_dir = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = subprocess.run(
-        [str(exe), "model.nmul=2", "train.epochs=2", "train.iters_per_epoch=15", "train.progress=false",
+        [str(EXE), "model.nmul=2", "train.epochs=2", "train.iters_per_epoch=15", "train.progress=false",
          "net.hidden=[32]", f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -85,7 +83,7 @@ def test_cli_end_to_end(tmp_path):
         assert (run_dir / f).exists(), f
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["median_nse"] == pytest.approx(nse, abs=1e-4)
-    ev = subprocess.run([str(exe), "evaluate", str(run_dir)], capture_output=True, text=True, cwd=ROOT,
+    ev = subprocess.run([str(EXE), "evaluate", str(run_dir)], capture_output=True, text=True, cwd=ROOT,
                         env=env, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
     again = json.loads((run_dir / "evaluation" / "summary.json").read_text())
