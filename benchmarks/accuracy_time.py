@@ -4,6 +4,8 @@
     python -m benchmarks.accuracy_time --readme   # and write it into benchmarks/README.md
     python -m benchmarks.accuracy_time --variant RUN_DIR PART NAME "what changed" ["note"]
         # add a finished run to results/accuracy_hour_variants.json (every variant tried)
+    python -m benchmarks.accuracy_time --ensemble NAME "what" RUN_DIR RUN_DIR [...]
+        # the mean of finished runs' test flows, scored and added to the same file
 
 Every number comes from a ``benchmarks/results/camels*.json`` file (median test NSE and KGE,
 training or calibration wall time, steps, devices, machine); the published anchors are those
@@ -150,12 +152,57 @@ def record_variant(run_dir, part: str, name: str, change: str, note: str = "") -
     return rec
 
 
+def record_ensemble(name: str, change: str, run_dirs, part: str = "ensemble_posthoc") -> dict:
+    """Score the mean of the test flows (``predictions_test.zarr``) of finished runs on the same
+    split, beside each member's own median, and add it to ``VARIANTS`` under ``part``. The runs
+    must hold the same basins, days and observations (else a ValueError names the first that
+    differs): the post-hoc ensemble a user gets by averaging independent runs."""
+    import numpy as np
+    import xarray as xr
+
+    from dpljax import metrics
+
+    runs = [Path(r) for r in run_dirs]
+    if len(runs) < 2:
+        raise ValueError(f"an ensemble needs at least two run directories, got {[str(r) for r in runs]}")
+    sets = [xr.open_zarr(r / "predictions_test.zarr").load() for r in runs]
+    ref = sets[0]
+    for r, d in zip(runs[1:], sets[1:]):
+        for coord in ("basin", "time"):
+            if not np.array_equal(d[coord].values, ref[coord].values):
+                raise ValueError(f"{r}: its test {coord}s differ from {runs[0]}'s")
+        if not np.array_equal(d.q_obs.values, ref.q_obs.values, equal_nan=True):
+            raise ValueError(f"{r}: its observed flows differ from {runs[0]}'s")
+    obs, basins = ref.q_obs.values, ref.basin.values
+    tables = [metrics.table(d.q_sim.values, obs, basins, ("nse", "kge")) for d in sets]
+    mean = metrics.table(np.mean([d.q_sim.values for d in sets], 0), obs, basins, ("nse", "kge"))
+    rec = {"what_changed": change, "members": [str(r) for r in runs],
+           "member_median_nse": [float(t["nse"].median()) for t in tables],
+           "member_median_kge": [float(t["kge"].median()) for t in tables],
+           "median_nse": float(mean["nse"].median()), "median_kge": float(mean["kge"].median()),
+           "mean_nse": float(mean["nse"].mean()), "n_basins": int(len(basins)),
+           "gain_over_best_member": float(mean["nse"].median() - max(t["nse"].median() for t in tables))}
+    rec["note"] = (f"members' median NSE {', '.join(f'{v:.3f}' for v in rec['member_median_nse'])}; "
+                   f"the mean flow gains {rec['gain_over_best_member']:+.3f} over the best member")
+    doc = json.loads(VARIANTS.read_text())
+    doc["parts"].setdefault(part, {})[name] = rec
+    VARIANTS.write_text(json.dumps(doc, indent=1))
+    return rec
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--variant", nargs="+", metavar="ARG",
                     help="RUN_DIR PART NAME 'what changed' ['note']: record a tried variant")
+    ap.add_argument("--ensemble", nargs="+", metavar="ARG",
+                    help="NAME 'what' RUN_DIR RUN_DIR [...]: score the mean of finished runs' test flows")
     args = ap.parse_args(argv)
+    if args.ensemble:
+        if len(args.ensemble) < 4:
+            ap.error("--ensemble needs NAME, 'what' and at least two run directories")
+        print(json.dumps(record_ensemble(args.ensemble[0], args.ensemble[1], args.ensemble[2:]), indent=1))
+        return
     if args.variant:
         print(json.dumps(record_variant(*args.variant), indent=1))
         return
