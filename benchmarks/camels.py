@@ -6,10 +6,18 @@
     python -m benchmarks.camels figure                # -> results/camels_nse_cdf.png
     python -m benchmarks.camels check NAME            # dpljax evaluate on the committed weights
     python -m benchmarks.camels table                 # the table in benchmarks/README.md
+    python -m benchmarks.camels keep RUN_DIR NAME     # a PUB run's finished folds -> weights/NAME/
+    python -m benchmarks.camels restore NAME RUN_DIR  # ... and back, to finish the other folds
 
 ``weights/NAME/`` holds what ``dpljax evaluate`` needs (config.yaml, normalizer.json,
 weights.npz; for PUB runs every fold's), so each recorded number can be reproduced without
 retraining.
+
+A 10-fold PUB run outlasts a working session on two cores. ``keep`` commits the folds that
+are finished (each fold's evaluable files and held-out scores, with its own run_info: commit,
+start, wall time) while the others still train; ``restore`` puts them back into a run
+directory on another machine or in a later session, where ``dpljax`` skips them and trains
+only the folds still missing. ``record`` then lists every fold's commit and wall time.
 """
 from __future__ import annotations
 
@@ -26,21 +34,87 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WEIGHTS = HERE / "weights"
-KEEP = ("config.yaml", "normalizer.json", "weights.npz", "summary.json", "run_info.json", "pub.json")
+KEEP = ("config.yaml", "normalizer.json", "weights.npz", "summary.json", "run_info.json", "pub.json",
+        "summary_partial.json")
+FOLD_KEEP = KEEP + ("metrics_test.csv",)  # a PUB fold's held-out scores: what the pooling reads
 KEEP_DIRS = ("calibration.zarr",)  # a calibration's parameters: what `dpljax evaluate` re-runs
 
 
-def _copy_run(src: Path, dst: Path) -> None:
+def _copy_run(src: Path, dst: Path, keep=KEEP) -> None:
+    """Copy what ``dpljax evaluate`` needs; of a PUB run only the finished folds (those with a
+    summary.json; an unfinished fold's checkpoint stays in its run directory)."""
     dst.mkdir(parents=True, exist_ok=True)
-    for name in KEEP:
+    for name in keep:
         if (src / name).exists():
             shutil.copy2(src / name, dst / name)
+    if (src / "summary.json").exists():
+        (dst / "summary_partial.json").unlink(missing_ok=True)
     for name in KEEP_DIRS:
         if (src / name).is_dir():
             shutil.rmtree(dst / name, ignore_errors=True)
             shutil.copytree(src / name, dst / name)
     for fold in sorted(src.glob("fold_*")):
-        _copy_run(fold, dst / fold.name)
+        if (fold / "summary.json").exists():
+            _copy_run(fold, dst / fold.name, FOLD_KEEP)
+
+
+def _pub_folds(run_dir: Path) -> list[int]:
+    """The finished folds of a PUB run directory (raises if it is not one)."""
+    if not (run_dir / "pub.json").exists():
+        raise ValueError(f"{run_dir} is not a PUB run directory: it has no pub.json")
+    return sorted(int(f.name.split("_")[1]) for f in run_dir.glob("fold_*") if (f / "summary.json").exists())
+
+
+def keep(run_dir: str | Path, name: str, weights: Path = WEIGHTS) -> list[int]:
+    """Copy a PUB run's finished folds into ``weights/NAME/`` (to be committed) while the
+    others still train; returns the folds kept. The run's pooled result is recorded later by
+    :func:`record`, once every fold is done."""
+    run_dir = Path(run_dir)
+    done = _pub_folds(run_dir)
+    if not done:
+        raise ValueError(f"{run_dir}: no fold is finished yet (a finished fold has a summary.json)")
+    dst = weights / name
+    if (dst / "pub.json").exists() and (dst / "pub.json").read_text() != (run_dir / "pub.json").read_text():
+        raise ValueError(f"{dst} holds another PUB run's folds (its pub.json differs from {run_dir}'s)")
+    _copy_run(run_dir, dst, KEEP)
+    return done
+
+
+def restore(name: str, run_dir: str | Path, weights: Path = WEIGHTS) -> list[int]:
+    """Put the folds kept in ``weights/NAME/`` back into ``run_dir`` so that the same
+    ``dpljax`` command (``hydra.run.dir=RUN_DIR``) skips them and trains the rest. A fold the
+    run directory already has is left as it is; returns the folds restored."""
+    src, run_dir = weights / name, Path(run_dir)
+    kept = _pub_folds(src)
+    if (run_dir / "pub.json").exists() and (run_dir / "pub.json").read_text() != (src / "pub.json").read_text():
+        raise ValueError(f"{run_dir} holds another PUB run (its pub.json differs from {src}'s)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for f in ("config.yaml", "pub.json"):
+        if not (run_dir / f).exists():
+            shutil.copy2(src / f, run_dir / f)
+    restored = []
+    for k in kept:
+        fold = run_dir / f"fold_{k}"
+        if (fold / "summary.json").exists():
+            continue
+        if fold.exists():  # an unfinished copy of a fold that is finished elsewhere
+            shutil.rmtree(fold)
+        shutil.copytree(src / f"fold_{k}", fold)
+        restored.append(k)
+    return restored
+
+
+def _fold_records(run_dir: Path) -> list[dict]:
+    """Per fold of a PUB run: where and when it was trained (folds may span sessions)."""
+    out = []
+    for k in _pub_folds(run_dir):
+        fold = run_dir / f"fold_{k}"
+        info = json.loads((fold / "run_info.json").read_text())
+        s = json.loads((fold / "summary.json").read_text())
+        out.append({"fold": k, "median_nse": s["median_nse"], "n_basins": s["n_basins"],
+                    "train_wall_time_s": s.get("train_wall_time_s"), "steps": s.get("steps"),
+                    "git_commit": info.get("git_commit"), "started": info.get("started")})
+    return out
 
 
 def _cpu() -> str:
@@ -98,6 +172,8 @@ def record(run_dir: str | Path, name: str, note: str | None = None, probe_file: 
     }
     if config.get("calibrate"):
         out["calibration"] = _calibration_record(run_dir, summary)
+    if (run_dir / "pub.json").exists():
+        out["folds"] = _fold_records(run_dir)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     _copy_run(run_dir, WEIGHTS / name)
@@ -222,6 +298,10 @@ if __name__ == "__main__":
         rec["reproduced_abs_diff"] = diff
         rec_path.write_text(json.dumps(rec, indent=1))
         print(f"|median NSE - recorded| = {diff:.2e}")
+    elif cmd == "keep":
+        print(f"folds kept in {WEIGHTS / args[1]}: {keep(*args)}")
+    elif cmd == "restore":
+        print(f"folds restored into {args[1]}: {restore(*args)}")
     elif cmd == "table":
         write_table()
         print(table())

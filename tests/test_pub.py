@@ -89,3 +89,41 @@ def test_pub_folds_from_the_command_line(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert (run / "fold_1" / "summary.json").exists() and not (run / "fold_0").exists()
     assert "the pooled result waits for folds [0]" in ok.stdout
+
+
+def test_finished_folds_travel_to_another_run_directory(tmp_path):
+    """benchmarks.camels keep/restore: a PUB run's finished folds, kept (as they would be
+    committed) while the others train, are put back into a fresh run directory elsewhere;
+    there the same run trains only the missing fold and pools the kept one unchanged."""
+    from benchmarks import camels
+
+    config = small_config(train={"epochs": 1, "iters_per_epoch": 3, "batch_basins": 4})
+    quiet = lambda *a: None
+    first, weights = tmp_path / "session1", tmp_path / "weights"
+    run_pub(config, first, n_folds=2, seed=3, folds=[1], log=quiet)
+    (first / "fold_0").mkdir()  # an unfinished fold is not kept
+    assert camels.keep(first, "pub", weights=weights) == [1]
+    assert not (weights / "pub" / "fold_0").exists() and (weights / "pub" / "fold_1" / "metrics_test.csv").exists()
+    assert not (weights / "pub" / "fold_1" / "checkpoints").exists()
+    later = tmp_path / "session2"
+    (later / "fold_1").mkdir(parents=True)  # a half-trained copy of a fold finished elsewhere is replaced
+    assert camels.restore("pub", later, weights=weights) == [1]
+    assert camels.restore("pub", later, weights=weights) == []  # already there: left as it is
+    kept = (weights / "pub" / "fold_1" / "weights.npz").read_bytes()
+    full = run_pub(config, later, n_folds=2, seed=3, log=quiet)
+    assert (later / "fold_1" / "weights.npz").read_bytes() == kept  # not trained again
+    assert "partial" not in full and full["n_basins"] == 8
+    pooled = pd.read_csv(later / "metrics_test.csv", index_col=0, dtype={"basin": str})
+    fold1 = pd.read_csv(first / "fold_1" / "metrics_test.csv", index_col=0, dtype={"basin": str})
+    assert pooled.loc[fold1.index, "nse"].tolist() == pytest.approx(fold1["nse"].tolist(), abs=1e-6)
+    rec = [f for f in camels._fold_records(later)]
+    assert [f["fold"] for f in rec] == [0, 1] and all(f["git_commit"] for f in rec)
+    # a different PUB run is refused in both directions
+    other = tmp_path / "other"
+    run_pub(config, other, n_folds=2, seed=4, folds=[0], log=quiet)
+    with pytest.raises(ValueError, match="holds another PUB run"):
+        camels.keep(other, "pub", weights=weights)
+    with pytest.raises(ValueError, match="holds another PUB run"):
+        camels.restore("pub", other, weights=weights)
+    with pytest.raises(ValueError, match="not a PUB run directory"):
+        camels.keep(tmp_path / "nothing", "x", weights=weights)
