@@ -346,7 +346,9 @@ def _run_locked(exp: Experiment, config: dict, run_dir: Path, log) -> dict:
     data_report(test_missing)
     summary = E.summarise(table, train_wall_time_s=result.wall_time, steps=result.step,
                         skipped_steps=result.skipped_steps, skipped_batches=result.skipped_batches[:20],
-                        resumed_from_step=result.resumed_from,
+                        resumed_from_step=result.resumed_from, epochs=result.epochs,
+                        **({"budget": {k: v for k, v in result.budget.items() if k != "line"}}
+                           if result.budget is not None else {}),
                         train_obs_masked=n_masked, test_obs_masked=int(test_missing.sum()),
                         n_excluded=len(report.excluded), excluded_basins=report.excluded,
                         data_warnings={k: {"basins": len(w["basins"]), "cells": w["cells"]}

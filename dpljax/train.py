@@ -35,7 +35,7 @@ from .dpl import DPL, as_source, simulate
 from .parallel import basin_mesh, replicate, shard_basins
 from .resume import ResumeError, check_resume
 
-__all__ = ["NonFiniteLoss", "ResumeError", "RunPlan", "StepInfo", "TrainConfig", "TrainResult",
+__all__ = ["budget_epochs", "NonFiniteLoss", "ResumeError", "RunPlan", "StepInfo", "TrainConfig", "TrainResult",
            "TrainState", "TrainStep", "fit", "make_optimizer", "make_train_step"]
 
 
@@ -57,7 +57,12 @@ class TrainConfig:
     ``warmup_grad``: backpropagate through the warm-up days too (True, the reference
     practice), or run them forward only (False): the window then starts from the warm-up's
     state as a constant (process model, and a sequence network's hidden state), so the
-    backward pass covers the window alone (:func:`dpljax.dpl.simulate`, ``detach``).
+    backward pass covers the window alone (:func:`dpljax.dpl.simulate`, ``detach``);
+    ``minutes``: a budget of training wall time. A fresh run then times the compiled step on
+    this machine (:func:`budget_epochs`, on a throwaway copy of the state) and trains the
+    whole epochs that fit, at most ``epochs`` (then a maximum); the learning-rate schedule is
+    laid over the epochs chosen, and the checkpoint keeps them, so a resumed run continues
+    the same plan. The budget counts the timing, both compilations and the epochs.
     """
 
     epochs: int = 20
@@ -75,6 +80,7 @@ class TrainConfig:
     progress: bool = True
     devices: int = 1
     warmup_grad: bool = True
+    minutes: float | None = None
 
     def __post_init__(self):
         def integer(name, lo, optional=False):
@@ -103,6 +109,7 @@ class TrainConfig:
         integer("seed", -(2 ** 63))
         number("clip_grad_norm")
         number("checkpoint_minutes")
+        number("minutes")
         if self.batch_basins % self.devices:
             raise ValueError(f"train.batch_basins={self.batch_basins} must be a multiple of "
                              f"train.devices={self.devices} (each device takes an equal share)")
@@ -218,6 +225,71 @@ def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn:
     return TrainStep(jax.jit(step_fn, donate_argnums=(1,)), dpl)
 
 
+# ---------------------------------------------------------------------------- the budget
+#: ``train.minutes``: steps timed (after two untimed ones: the compilation and a first run).
+BUDGET_TIMED_STEPS = 10
+#: Share of the budget planned for steps; the rest absorbs checkpoints and the machine's drift.
+BUDGET_SHARE = 0.97
+
+
+def budget_epochs(step: "TrainStep", state: "TrainState", arrays: Arrays, seed_key, *, minutes: float,
+                  ipe: int, max_epochs: int, recompile: bool, validate: Callable | None = None,
+                  valid_every: int = 1, theta=None, timed: int = BUDGET_TIMED_STEPS) -> dict:
+    """Whole epochs of ``ipe`` steps that fit in ``minutes`` of wall time (at most
+    ``max_epochs``), from the median time of ``timed`` runs of the compiled ``step`` on
+    ``state`` (a throwaway copy: the step donates it). What is spent here counts against the
+    budget, and so does a second compilation of the same length when ``recompile`` (the
+    learning-rate schedule is laid over the epochs chosen, so the real step is another
+    program), and a validation (timed once, on ``theta``) every ``valid_every`` epochs."""
+    t0 = time.perf_counter()
+    for _ in range(2):
+        state, info = step(state, arrays, seed_key)
+        jax.block_until_ready(info.loss)
+        if _ == 0:
+            compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(timed):
+        t = time.perf_counter()
+        state, info = step(state, arrays, seed_key)
+        jax.block_until_ready(info.loss)
+        times.append(time.perf_counter() - t)
+    step_s = float(np.median(times))
+    valid_s = 0.0
+    if validate is not None:
+        t = time.perf_counter()
+        validate(theta)
+        valid_s = time.perf_counter() - t
+    spent = time.perf_counter() - t0
+    left = BUDGET_SHARE * 60.0 * minutes - spent - (compile_s if recompile else 0.0)
+    per_epoch = step_s * ipe + valid_s / valid_every
+    fit_epochs = int(left // per_epoch) if left > 0 else 0
+    if fit_epochs < 1:
+        raise ValueError(f"train.minutes={minutes:g} is too short here: one epoch of {ipe} steps takes "
+                         f"{per_epoch / 60:.1f} min on this machine (a step {step_s:.3f} s, median of {timed}), "
+                         f"and timing it took {spent / 60:.1f} min; raise train.minutes, or lower "
+                         "train.iters_per_epoch or train.batch_basins")
+    epochs = min(fit_epochs, max_epochs)
+    line = (f"train.minutes={minutes:g}: a step takes {step_s:.3f} s here (median of {timed}; compiling "
+            f"{compile_s:.0f} s), an epoch of {ipe} steps {per_epoch / 60:.1f} min: {fit_epochs} epochs fit, "
+            f"training {epochs}" + (f" (train.epochs={max_epochs} is the most)" if fit_epochs > max_epochs else "")
+            + f" = {epochs * ipe} steps")
+    return {"epochs": epochs, "epochs_fit": fit_epochs, "step_s": step_s, "step_times_s": times,
+            "compile_s": compile_s, "valid_s": valid_s, "timing_s": spent, "minutes": minutes, "line": line}
+
+
+def _checkpointed_epochs(run_dir, cfg: TrainConfig) -> int | None:
+    """The epochs a budgeted run's checkpoint was planned with (None: no checkpoint to resume)."""
+    if run_dir is None:
+        return None
+    last = Path(run_dir) / "checkpoints" / "last.npz"
+    if not last.exists():
+        return None
+    old = read_training_meta(last)
+    if old.config.get("minutes") != cfg.minutes:  # check_resume names this difference
+        return cfg.epochs
+    return int(old.config["epochs"])
+
+
 # ---------------------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
@@ -229,6 +301,8 @@ class TrainResult:
     skipped_steps: int = 0
     skipped_batches: list = field(default_factory=list)
     resumed_from: int | None = None
+    epochs: int | None = None      # the epochs trained (chosen by the budget under train.minutes)
+    budget: dict | None = None     # the step timing behind that choice (a fresh budgeted run)
 
 
 #: Skipped batches recorded individually (steps, basins); beyond, only counted.
@@ -420,16 +494,40 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
     """
     plan = RunPlan.of(arrays, cfg)
     scheduled = not isinstance(tx, optax.GradientTransformation)
-    tx = make_optimizer(tx(plan.total) if scheduled else tx, cfg.clip_grad_norm)
+    fixed = None if scheduled else make_optimizer(tx, cfg.clip_grad_norm)
+    make_tx = (lambda total: make_optimizer(tx(total), cfg.clip_grad_norm)) if scheduled else (lambda total: fixed)
     graphdef, theta = nnx.split(net)
+    arrays = replicate(arrays, cfg.devices)
+    t_start = time.perf_counter()
+    timed_step, budget = None, None
+    if cfg.minutes is not None:
+        epochs = _checkpointed_epochs(run_dir, cfg) if cfg.resume else None
+        if epochs is None:  # a fresh plan: time the step here
+            probe_tx = make_tx(plan.total)
+            probe_step = make_train_step(dpl, graphdef, probe_tx, loss_fn, cfg)
+            scratch = replicate(TrainState.create(jax.tree.map(jnp.copy, theta), probe_tx), cfg.devices)
+            budget = budget_epochs(probe_step, scratch, arrays, plan.seed_key, minutes=cfg.minutes, ipe=plan.ipe,
+                                   max_epochs=cfg.epochs, recompile=scheduled,
+                                   validate=validate,
+                                   valid_every=cfg.valid_every, theta=theta)
+            epochs = budget["epochs"]
+            timed_step = None if scheduled else probe_step  # a fixed optimiser: the same program
+            log(budget["line"])
+        else:
+            log(f"train.minutes={cfg.minutes:g}: resuming the checkpoint's plan of {epochs} epochs")
+        cfg = replace(cfg, epochs=epochs)
+        plan = RunPlan.of(arrays, cfg)
+    tx = make_tx(plan.total)
     run = Run(cfg, plan, run_dir, basins, dict(meta or {}), log)
     state = run.start(TrainState.create(theta, tx), scheduled)
-    train_step = make_train_step(dpl, graphdef, tx, loss_fn, cfg)
-    arrays, state = replicate((arrays, state), cfg.devices)
+    train_step = timed_step or make_train_step(dpl, graphdef, tx, loss_fn, cfg)
+    state = replicate(state, cfg.devices)
     if cfg.devices > 1:
         log(f"training: each batch's {cfg.batch_basins} basins split over {cfg.devices} "
             f"{jax.devices()[0].platform} devices")
     run.clock()
+    if budget is not None:  # the budget's own timing is training time too
+        run.record.elapsed_s += time.perf_counter() - t_start
     with Progress(cfg.progress, plan.total, run.step0, log) as progress:
         for step in range(run.step0, plan.total):
             state, info = train_step(state, arrays, plan.seed_key)
@@ -439,4 +537,6 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
             run.checkpoint_if_due(step + 1, state)
             if entry is not None:
                 progress.epoch(entry)
-    return run.result(state)
+    result = run.result(state)
+    result.epochs, result.budget = cfg.epochs, budget
+    return result
