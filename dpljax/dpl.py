@@ -104,8 +104,11 @@ class NetworkSource:
 
     def __call__(self, theta, batch, key=None, detach: int = 0):
         """``detach > 0``: a sequence network runs its first ``detach`` steps forward only
-        (see :meth:`dpljax.nets.LSTM.__call__`); a static network has no steps to detach."""
+        (see :meth:`dpljax.nets.LSTM.__call__`); a static network has no steps to detach. A
+        network with a ``parts`` method hands over :class:`~dpljax.params.RawParts`."""
         net = nnx.merge(self.graphdef, theta)
+        if callable(getattr(net, "parts", None)):  # split output (net=lstm_mlp): no dense array
+            return net.parts(batch.x_dynamic, batch.x_static, key=key, detach=detach)
         if detach and getattr(net, "is_sequence", False):
             return net(batch.x_dynamic, batch.x_static, key=key, detach=detach)
         return net(batch.x_dynamic, batch.x_static, key=key)

@@ -11,14 +11,30 @@ the layout of the network's last axis: ``nmul`` columns per parameter, in the or
 and maps raw values to physical ones with ``lo + sigmoid(raw) * (hi - lo)``. Static and
 routing parameters are read from the network's *last* time step, dynamic ones from every
 step (the reference practice of Tsai et al. 2021 and Feng et al. 2022).
+
+A network whose static and time-varying outputs come from separate parts (``net=lstm_mlp``)
+may hand over :class:`RawParts` instead: the same values without the static columns
+repeated along time, which spares building that ``(B, T, n_outputs)`` array and its gradient.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+
+class RawParts(NamedTuple):
+    """Raw network output split by how the parameter space reads it: ``static (B, n_static)``,
+    the columns read once per basin (static parameters, then routing; every column that is not
+    one of :attr:`ParameterSpace.dynamic_columns`, in column order), and ``dynamic (B, T,
+    n_dynamic)``, the :attr:`~ParameterSpace.dynamic_columns` in order, one row per day. The
+    dense ``(B, T, n_outputs)`` form holds the same values with the static columns repeated
+    along time."""
+
+    static: Any
+    dynamic: Any
 
 
 @dataclass(frozen=True)
@@ -80,10 +96,12 @@ class ParameterSpace:
     def to_physical(self, raw) -> tuple[dict[str, Any], dict[str, Any]]:
         """Raw network output -> ``(model_params, routing_params)`` in physical units.
 
-        ``raw`` is ``(B, n_outputs)`` (a static network) or ``(B, T, n_outputs)``. Returns
-        model parameters of shape ``(B, nmul)`` (static) or ``(B, T, nmul)`` (dynamic) and
-        routing parameters of shape ``(B,)``.
+        ``raw`` is ``(B, n_outputs)`` (a static network), ``(B, T, n_outputs)`` or
+        :class:`RawParts`. Returns model parameters of shape ``(B, nmul)`` (static) or ``(B, T,
+        nmul)`` (dynamic) and routing parameters of shape ``(B,)``.
         """
+        if isinstance(raw, RawParts):
+            return self._from_parts(raw)
         if raw.shape[-1] != self.n_outputs:
             raise ValueError(f"network emits {raw.shape[-1]} values, the parameter space needs "
                              f"{self.n_outputs} ({len(self.bounds)} x nmul={self.nmul} + "
@@ -106,6 +124,23 @@ class ParameterSpace:
             name: lo + jax.nn.sigmoid(last[:, off + j]) * (hi - lo)
             for j, (name, (lo, hi)) in enumerate(self.routing_bounds.items())
         }
+        return scaled, routing
+
+    def _from_parts(self, raw: RawParts):
+        n_dyn = len(self.dynamic) * self.nmul
+        want = (self.n_outputs - n_dyn, n_dyn)
+        if raw.static.ndim != 2 or raw.dynamic.ndim != 3 or (raw.static.shape[-1], raw.dynamic.shape[-1]) != want:
+            raise ValueError(f"RawParts must be static (B, {want[0]}) and dynamic (B, T, {want[1]}) for this "
+                             f"parameter space, got {tuple(raw.static.shape)} and {tuple(raw.dynamic.shape)}")
+        scaled, i_s, i_d = {}, 0, 0
+        for name, (lo, hi) in self.bounds.items():  # each name's nmul columns, in the order of bounds
+            if name in self.dynamic:
+                src, i_d = raw.dynamic[..., i_d:i_d + self.nmul], i_d + self.nmul
+            else:
+                src, i_s = raw.static[:, i_s:i_s + self.nmul], i_s + self.nmul
+            scaled[name] = lo + jax.nn.sigmoid(src) * (hi - lo)
+        routing = {name: lo + jax.nn.sigmoid(raw.static[:, i_s + j]) * (hi - lo)
+                   for j, (name, (lo, hi)) in enumerate(self.routing_bounds.items())}
         return scaled, routing
 
     def to_raw(self, values: Mapping[str, Any]):

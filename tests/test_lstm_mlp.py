@@ -136,3 +136,55 @@ def test_the_experiment_builds_it_with_the_layout_and_refuses_it_without_dynamic
 def test_a_short_fit_learns_on_the_sample(sample):
     short_fit_learns(sample, small_config(model={"dynamic": ["beta", "betaet"]}, optim={"learning_rate": 1e-2},
                                           net={"name": "lstm_mlp", "hidden": 16, "mlp_hidden": [32], "dropout": 0.0}))
+
+
+@pytest.mark.parametrize("dynamic", [("beta", "betaet", "k0"), ("k0",), ("beta", "k2")])
+def test_parts_read_as_the_dense_output(dynamic):
+    """Training reads RawParts (no (B, T, n_outputs) array): the same physical parameters as
+    the dense output, for dynamic names at the start, the middle and the end of the layout, and
+    the same flow and gradient through the whole chain."""
+    space = _space(dynamic)
+    net = _net(space)
+    xd, xs = _inputs()
+    parts = net.parts(xd, xs)
+    assert parts.static.shape == (B, space.n_outputs - len(space.dynamic_columns))
+    p_dense, r_dense = space.to_physical(net(xd, xs))
+    p_parts, r_parts = space.to_physical(parts)
+    assert set(p_parts) == set(p_dense) and set(r_parts) == set(r_dense) == set(RB)
+    for k in p_dense:
+        assert p_parts[k].shape == p_dense[k].shape, k
+        np.testing.assert_array_equal(np.asarray(p_parts[k]), np.asarray(p_dense[k]), err_msg=k)
+    for k in r_dense:
+        np.testing.assert_array_equal(np.asarray(r_parts[k]), np.asarray(r_dense[k]), err_msg=k)
+    # the distinct values: a parameter's columns are its own, not a neighbour's
+    assert len({float(np.asarray(v).ravel()[0]) for v in p_parts.values()}) == len(p_parts)
+
+
+def test_training_path_matches_the_dense_path_in_value_and_gradient():
+    space = _space(("beta", "k0"))
+    f_parts, flat = _chain_loss(space, jnp.float32)
+    rng = np.random.default_rng(3)
+    forcing = {"prcp": rng.gamma(0.6, 5.0, (B, T)), "tmean": rng.normal(4.0, 9.0, (B, T)),
+               "pet": rng.uniform(0.0, 4.0, (B, T))}
+    forcing = {k: jnp.asarray(v, jnp.float32) for k, v in forcing.items()}
+    obs = jnp.asarray(rng.gamma(1.0, 1.5, (B, T)), jnp.float32)
+    xd, xs = _inputs()
+    dpl = DPL(HBV(), space)
+    graphdef, state = nnx.split(_net(space))
+    _, unravel = ravel_pytree(state)
+
+    def f_dense(v):
+        q = dpl.from_raw(nnx.merge(graphdef, unravel(v))(xd, xs), forcing).q
+        return jnp.mean((q[:, 15:] - obs[:, 15:]) ** 2)
+    (a, ga), (b, gb) = jax.value_and_grad(f_parts)(flat), jax.jit(jax.value_and_grad(f_dense))(flat)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-4, atol=1e-6 * float(jnp.abs(gb).max()))
+
+
+def test_parts_of_the_wrong_shape_are_named():
+    from dpljax.params import RawParts
+
+    space = _space()
+    parts = _net(space).parts(*_inputs())
+    with pytest.raises(ValueError, match=r"RawParts must be static \(B, \d+\) and dynamic \(B, T, \d+\)"):
+        space.to_physical(RawParts(parts.static[:, :-1], parts.dynamic))

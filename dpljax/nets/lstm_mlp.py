@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..params import RawParts
 from .lstm import LSTM
 from .mlp import MLP
 from .registry import register_net
@@ -53,11 +54,20 @@ class LSTMMLP(nnx.Module):
         # column c of the output is column order[c] of concat([mlp, lstm]): where c sits in static + dyn
         self.order = tuple(int(j) for j in np.argsort(static + dyn))  # a constant of the layout, not state
 
-    def __call__(self, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0):
-        """Raw parameters ``(B, T, n_out)``; ``detach``: see :meth:`dpljax.nets.LSTM.__call__`
-        (the MLP has no steps: its columns get their gradient from every step they feed)."""
+    def parts(self, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0) -> RawParts:
+        """The raw parameters as :class:`~dpljax.params.RawParts`: the MLP's static and routing
+        columns ``(B, n_static_cols)`` and the LSTM's time-varying ones ``(B, T, n_dyn)``, what
+        training reads (``detach``: see :meth:`dpljax.nets.LSTM.__call__`; the MLP has no steps:
+        its columns get their gradient from every step they feed). Without the dense array of
+        :meth:`__call__` and its gradient, a training step of the adjusted dHBV on 2 CPU cores
+        takes about 0.6x the time (benchmarks/results/accuracy_hour_variants.json)."""
         k_seq, k_mlp = (None, None) if key is None else jax.random.split(key)
         d = self.seq(x_dynamic, x_static, key=k_seq, detach=detach)   # (B, T, n_dyn)
         s = self.mlp(x_dynamic, x_static, key=k_mlp)                  # (B, n_static_cols)
+        return RawParts(s, d)
+
+    def __call__(self, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0):
+        """Raw parameters ``(B, T, n_out)``: :meth:`parts` with the static columns repeated along time."""
+        s, d = self.parts(x_dynamic, x_static, key=key, detach=detach)
         s = jnp.broadcast_to(s[:, None, :], (*d.shape[:2], s.shape[-1]))
         return jnp.take(jnp.concatenate([s, d], -1), np.asarray(self.order), axis=-1)
