@@ -60,7 +60,7 @@ class LSTMMLP(nnx.Module):
         training reads (``detach``: see :meth:`dpljax.nets.LSTM.__call__`; the MLP has no steps:
         its columns get their gradient from every step they feed). Without the dense array of
         :meth:`__call__` and its gradient, a training step of the adjusted dHBV on 2 CPU cores
-        takes about 0.6x the time (benchmarks/results/accuracy_hour_variants.json)."""
+        takes 0.7x the time with an LSTM-256, 0.5x with an LSTM-128 (benchmarks/results/step_parts.json)."""
         k_seq, k_mlp = (None, None) if key is None else jax.random.split(key)
         d = self.seq(x_dynamic, x_static, key=k_seq, detach=detach)   # (B, T, n_dyn)
         s = self.mlp(x_dynamic, x_static, key=k_mlp)                  # (B, n_static_cols)
