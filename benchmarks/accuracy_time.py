@@ -152,20 +152,56 @@ def record_variant(run_dir, part: str, name: str, change: str, note: str = "") -
     return rec
 
 
+def _flows(run_dir: Path):
+    """A finished run's test flows: ``predictions_test.zarr`` (or its ``evaluation/`` copy)."""
+    import xarray as xr
+
+    for f in (run_dir / "predictions_test.zarr", run_dir / "evaluation" / "predictions_test.zarr"):
+        if f.exists():
+            return xr.open_zarr(f).load()
+    raise ValueError(f"{run_dir} holds no test flows (predictions_test.zarr): run `dpljax evaluate {run_dir}` first")
+
+
+def _pub_folds(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in run_dir.glob("fold_*") if (p / "summary.json").exists())
+
+
+def _members(runs: list[Path]) -> tuple[list, list[int] | None]:
+    """Each run's test flows; a PUB cross-validation's are its folds' held-out basins side by
+    side, over the folds every member has finished (returned; None for plain runs)."""
+    import xarray as xr
+
+    pub = [(r / "pub.json").exists() for r in runs]
+    if not any(pub):
+        return [_flows(r) for r in runs], None
+    if not all(pub):
+        raise ValueError(f"{[str(r) for r, p in zip(runs, pub) if not p]}: not PUB cross-validations like "
+                         f"{[str(r) for r, p in zip(runs, pub) if p]}")
+    specs = [json.loads((r / "pub.json").read_text()) for r in runs]
+    for r, s in zip(runs[1:], specs[1:]):
+        if s != specs[0]:
+            raise ValueError(f"{r}: its PUB folds (pub.json) differ from {runs[0]}'s")
+    folds = sorted(set.intersection(*(set(_pub_folds(r)) for r in runs)))
+    if not folds:
+        raise ValueError(f"no fold is finished in every one of {[str(r) for r in runs]}")
+    return [xr.concat([_flows(r / f"fold_{k}") for k in folds], "basin") for r in runs], folds
+
+
 def record_ensemble(name: str, change: str, run_dirs, part: str = "ensemble_posthoc") -> dict:
     """Score the mean of the test flows (``predictions_test.zarr``) of finished runs on the same
     split, beside each member's own median, and add it to ``VARIANTS`` under ``part``. The runs
     must hold the same basins, days and observations (else a ValueError names the first that
-    differs): the post-hoc ensemble a user gets by averaging independent runs."""
+    differs): the post-hoc ensemble a user gets by averaging independent runs. PUB
+    cross-validations are pooled over the folds that every member has finished (``folds`` in
+    the record), each fold's flows from its ``predictions_test.zarr`` (``dpljax evaluate``)."""
     import numpy as np
-    import xarray as xr
 
     from dpljax import metrics
 
     runs = [Path(r) for r in run_dirs]
     if len(runs) < 2:
         raise ValueError(f"an ensemble needs at least two run directories, got {[str(r) for r in runs]}")
-    sets = [xr.open_zarr(r / "predictions_test.zarr").load() for r in runs]
+    sets, folds = _members(runs)
     ref = sets[0]
     for r, d in zip(runs[1:], sets[1:]):
         for coord in ("basin", "time"):
@@ -177,13 +213,15 @@ def record_ensemble(name: str, change: str, run_dirs, part: str = "ensemble_post
     tables = [metrics.table(d.q_sim.values, obs, basins, ("nse", "kge")) for d in sets]
     mean = metrics.table(np.mean([d.q_sim.values for d in sets], 0), obs, basins, ("nse", "kge"))
     rec = {"what_changed": change, "members": [str(r) for r in runs],
+           **({"folds": folds} if folds is not None else {}),
            "member_median_nse": [float(t["nse"].median()) for t in tables],
            "member_median_kge": [float(t["kge"].median()) for t in tables],
            "median_nse": float(mean["nse"].median()), "median_kge": float(mean["kge"].median()),
            "mean_nse": float(mean["nse"].mean()), "n_basins": int(len(basins)),
            "gain_over_best_member": float(mean["nse"].median() - max(t["nse"].median() for t in tables))}
     rec["note"] = (f"members' median NSE {', '.join(f'{v:.3f}' for v in rec['member_median_nse'])}; "
-                   f"the mean flow gains {rec['gain_over_best_member']:+.3f} over the best member")
+                   f"the mean flow gains {rec['gain_over_best_member']:+.3f} over the best member"
+                   + (f" (pooled over PUB folds {folds})" if folds is not None else ""))
     doc = json.loads(VARIANTS.read_text())
     doc["parts"].setdefault(part, {})[name] = rec
     VARIANTS.write_text(json.dumps(doc, indent=1))
@@ -201,7 +239,9 @@ def main(argv=None) -> None:
     if args.ensemble:
         if len(args.ensemble) < 4:
             ap.error("--ensemble needs NAME, 'what' and at least two run directories")
-        print(json.dumps(record_ensemble(args.ensemble[0], args.ensemble[1], args.ensemble[2:]), indent=1))
+        name, change, *dirs = args.ensemble
+        part = "ensemble_posthoc_pub" if (Path(dirs[0]) / "pub.json").exists() else "ensemble_posthoc"
+        print(json.dumps(record_ensemble(name, change, dirs, part=part), indent=1))
         return
     if args.variant:
         print(json.dumps(record_variant(*args.variant), indent=1))

@@ -144,6 +144,25 @@ def probe(path: str | Path) -> dict:
     return out
 
 
+#: overrides that say where and how a run was watched or continued, not what was trained
+_NOT_WHAT = ("hydra.", "train.progress", "train.resume", "pub.folds", "+pub.folds")
+
+
+def command(run_dir: str | Path, name: str) -> str:
+    """The ``dpljax`` command that trained ``run_dir`` (from Hydra's ``.hydra/overrides.yaml``),
+    without the overrides that only place, watch or continue it (hydra.run.dir, train.progress,
+    train.resume, pub.folds); ``dpljax experiment=NAME`` where Hydra left no record."""
+    import shlex
+
+    import yaml
+
+    f = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not f.exists():
+        return f"dpljax experiment={name}"
+    kept = [o for o in (yaml.safe_load(f.read_text()) or []) if not str(o).startswith(_NOT_WHAT)]
+    return " ".join(["dpljax", *(shlex.quote(str(o)) for o in kept)])
+
+
 def record(run_dir: str | Path, name: str, note: str | None = None, probe_file: str | None = None) -> dict:
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -154,7 +173,7 @@ def record(run_dir: str | Path, name: str, note: str | None = None, probe_file: 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     out = {
         "experiment": name,
-        "what": f"dpljax experiment={name}: train {config['data']['train']}, test {config['data']['test']}",
+        "what": f"{command(run_dir, name)}: train {config['data']['train']}, test {config['data']['test']}",
         "config": config,
         "median_nse": summary["median_nse"], "mean_nse": summary["mean_nse"],
         "median_kge": summary["median_kge"], "mean_kge": summary["mean_kge"],

@@ -52,3 +52,43 @@ def test_ensemble_refuses_runs_on_other_basins_or_observations(tmp_path, monkeyp
 def _mk(tmp_path, name):
     (tmp_path / name).mkdir()
     return tmp_path / name
+
+
+def _pub_run(root, name, flows, obs, spec=None, folds=None):
+    """A PUB cross-validation directory as ``dpljax`` leaves it after ``dpljax evaluate``: the
+    fold split, and per finished fold its summary and held-out flows."""
+    d = root / name
+    d.mkdir()
+    spec = spec or {"spec": {"n_folds": 2, "seed": 0}, "folds": [["01", "02"], ["03"]]}
+    (d / "pub.json").write_text(json.dumps(spec))
+    times = pd.date_range("2000-01-01", periods=obs.shape[1])
+    for k, held in enumerate(spec["folds"]):
+        if folds is not None and k not in folds:
+            continue
+        idx = [int(b) - 1 for b in held]
+        f = d / f"fold_{k}"
+        (f / "evaluation").mkdir(parents=True)
+        (f / "summary.json").write_text("{}")
+        write_predictions(f / "evaluation" / "predictions_test.zarr", flows[idx], obs[idx], held, times)
+    return d
+
+
+def test_ensemble_pools_pub_folds_every_member_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(at, "VARIANTS", tmp_path / "variants.json")
+    (tmp_path / "variants.json").write_text(json.dumps({"what": "t", "parts": {}}))
+    rng = np.random.default_rng(1)
+    obs = rng.gamma(2.0, 1.0, (3, 150))
+    err = rng.normal(0, 0.5, obs.shape)
+    a = _pub_run(tmp_path, "a", obs + err, obs)
+    b = _pub_run(tmp_path, "b", obs - err, obs)
+    rec = at.record_ensemble("pub", "two PUB runs", [a, b], part="ensemble_posthoc_pub")
+    assert rec["folds"] == [0, 1] and rec["n_basins"] == 3  # every fold's held-out basins, side by side
+    assert rec["median_nse"] == pytest.approx(1.0, abs=1e-6)
+    c = _pub_run(tmp_path, "c", obs - err, obs, folds=[1])  # fold 0 still training
+    rec = at.record_ensemble("pub2", "fold 1 only", [a, c], part="ensemble_posthoc_pub")
+    assert rec["folds"] == [1] and rec["n_basins"] == 1
+    other = _pub_run(tmp_path, "o", obs, obs, spec={"spec": {"n_folds": 2, "seed": 1}, "folds": [["01"], ["02", "03"]]})
+    with pytest.raises(ValueError, match="PUB folds"):
+        at.record_ensemble("x", "x", [a, other])
+    with pytest.raises(ValueError, match="not PUB"):
+        at.record_ensemble("x", "x", [a, _runs(_mk(tmp_path, "plain"), [obs], obs)[0]])
