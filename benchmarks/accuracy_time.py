@@ -162,14 +162,12 @@ def _flows(run_dir: Path):
     raise ValueError(f"{run_dir} holds no test flows (predictions_test.zarr): run `dpljax evaluate {run_dir}` first")
 
 
-def _pub_folds(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("_")[1]) for p in run_dir.glob("fold_*") if (p / "summary.json").exists())
-
-
 def _members(runs: list[Path]) -> tuple[list, list[int] | None]:
     """Each run's test flows; a PUB cross-validation's are its folds' held-out basins side by
     side, over the folds every member has finished (returned; None for plain runs)."""
     import xarray as xr
+
+    from .camels import _pub_folds
 
     pub = [(r / "pub.json").exists() for r in runs]
     if not any(pub):
@@ -187,9 +185,10 @@ def _members(runs: list[Path]) -> tuple[list, list[int] | None]:
     return [xr.concat([_flows(r / f"fold_{k}") for k in folds], "basin") for r in runs], folds
 
 
-def record_ensemble(name: str, change: str, run_dirs, part: str = "ensemble_posthoc") -> dict:
+def record_ensemble(name: str, change: str, run_dirs, part: str | None = None) -> dict:
     """Score the mean of the test flows (``predictions_test.zarr``) of finished runs on the same
-    split, beside each member's own median, and add it to ``VARIANTS`` under ``part``. The runs
+    split, beside each member's own median, and add it to ``VARIANTS`` under ``part`` (default
+    ``ensemble_posthoc``, ``ensemble_posthoc_pub`` for PUB cross-validations). The runs
     must hold the same basins, days and observations (else a ValueError names the first that
     differs): the post-hoc ensemble a user gets by averaging independent runs. PUB
     cross-validations are pooled over the folds that every member has finished (``folds`` in
@@ -222,6 +221,7 @@ def record_ensemble(name: str, change: str, run_dirs, part: str = "ensemble_post
     rec["note"] = (f"members' median NSE {', '.join(f'{v:.3f}' for v in rec['member_median_nse'])}; "
                    f"the mean flow gains {rec['gain_over_best_member']:+.3f} over the best member"
                    + (f" (pooled over PUB folds {folds})" if folds is not None else ""))
+    part = part or ("ensemble_posthoc" if folds is None else "ensemble_posthoc_pub")
     doc = json.loads(VARIANTS.read_text())
     doc["parts"].setdefault(part, {})[name] = rec
     VARIANTS.write_text(json.dumps(doc, indent=1))
@@ -239,9 +239,7 @@ def main(argv=None) -> None:
     if args.ensemble:
         if len(args.ensemble) < 4:
             ap.error("--ensemble needs NAME, 'what' and at least two run directories")
-        name, change, *dirs = args.ensemble
-        part = "ensemble_posthoc_pub" if (Path(dirs[0]) / "pub.json").exists() else "ensemble_posthoc"
-        print(json.dumps(record_ensemble(name, change, dirs, part=part), indent=1))
+        print(json.dumps(record_ensemble(args.ensemble[0], args.ensemble[1], args.ensemble[2:]), indent=1))
         return
     if args.variant:
         print(json.dumps(record_variant(*args.variant), indent=1))

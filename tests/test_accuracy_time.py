@@ -81,9 +81,10 @@ def test_ensemble_pools_pub_folds_every_member_has(tmp_path, monkeypatch):
     err = rng.normal(0, 0.5, obs.shape)
     a = _pub_run(tmp_path, "a", obs + err, obs)
     b = _pub_run(tmp_path, "b", obs - err, obs)
-    rec = at.record_ensemble("pub", "two PUB runs", [a, b], part="ensemble_posthoc_pub")
+    rec = at.record_ensemble("pub", "two PUB runs", [a, b])
     assert rec["folds"] == [0, 1] and rec["n_basins"] == 3  # every fold's held-out basins, side by side
     assert rec["median_nse"] == pytest.approx(1.0, abs=1e-6)
+    assert json.loads((tmp_path / "variants.json").read_text())["parts"]["ensemble_posthoc_pub"]["pub"] == rec
     c = _pub_run(tmp_path, "c", obs - err, obs, folds=[1])  # fold 0 still training
     rec = at.record_ensemble("pub2", "fold 1 only", [a, c], part="ensemble_posthoc_pub")
     assert rec["folds"] == [1] and rec["n_basins"] == 1
