@@ -78,7 +78,7 @@ def table() -> str:
         for r in sorted(by[g], key=lambda r: -r["nse"]):
             t = "" if r["minutes"] is None else f"{r['minutes']:.1f} min"
             kge = "" if r["kge"] is None else f"{r['kge']:.3f}"
-            lines.append(f"| [{r['file']}](results/{r['file']}) | {r['nse']:.3f} | {kge} | {t} | "
+            lines.append(f"| [{r['file']}](results/{r['file']}) | {r['nse']:.4f} | {kge} | {t} | "
                          f"{r['steps'] or ''} | {r['where']} | {r['probe']} |")
         lines.append("")
     lines += ["Training time is the wall time of training (or calibrating) alone, on the machine named in each "
@@ -102,7 +102,7 @@ def variants_table() -> list[str]:
         for name, r in runs.items():
             sps = "" if r.get("s_per_step") is None else f"{r['s_per_step']:.2f}"
             t = "" if r.get("train_wall_time_s") is None else f"{r['train_wall_time_s'] / 60:.1f} min"
-            out.append(f"| {name} | {r['what_changed']} | {r['median_nse']:.3f} | {r['median_kge']:.3f} | "
+            out.append(f"| {name} | {r['what_changed']} | {r['median_nse']:.4f} | {r['median_kge']:.3f} | "
                        f"{r.get('steps') or ''} | {sps} | {t} | {r.get('note', '')} |")
     return out
 
@@ -218,7 +218,7 @@ def record_ensemble(name: str, change: str, run_dirs, part: str | None = None) -
            "median_nse": float(mean["nse"].median()), "median_kge": float(mean["kge"].median()),
            "mean_nse": float(mean["nse"].mean()), "n_basins": int(len(basins)),
            "gain_over_best_member": float(mean["nse"].median() - max(t["nse"].median() for t in tables))}
-    rec["note"] = (f"members' median NSE {', '.join(f'{v:.3f}' for v in rec['member_median_nse'])}; "
+    rec["note"] = (f"members' median NSE {', '.join(f'{v:.4f}' for v in rec['member_median_nse'])}; "
                    f"the mean flow gains {rec['gain_over_best_member']:+.3f} over the best member"
                    + (f" (pooled over PUB folds {folds})" if folds is not None else ""))
     part = part or ("ensemble_posthoc" if folds is None else "ensemble_posthoc_pub")
