@@ -15,8 +15,10 @@ def test_results_table_numbers_are_those_of_the_json_files():
         cells = [c.strip() for c in row.strip("|").split("|")]
         name = re.search(r"\(benchmarks/results/([\w.]+\.json)\)", cells[-1]).group(1)
         data = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
-        assert cells[3] == f"{data['median_nse']:.3f}", (name, cells[3], data["median_nse"])
-        assert cells[4] == f"{data['median_kge']:.3f}", (name, cells[4], data["median_kge"])
+        for cell, key in ((cells[3], "median_nse"), (cells[4], "median_kge")):
+            # three decimals, or four where a bar sits in the fourth (0.7487 beside 0.75)
+            digits = len(cell.partition(".")[2])
+            assert digits in (3, 4) and cell == f"{data[key]:.{digits}f}", (name, cell, data[key])
         if "n_basins" in data:
             assert cells[1] == str(data["n_basins"]), name
 
