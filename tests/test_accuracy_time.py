@@ -9,6 +9,15 @@ from benchmarks import accuracy_time as at
 from dpljax.evaluate import write_predictions
 
 
+@pytest.fixture
+def variants(tmp_path, monkeypatch):
+    """An empty variants file in tmp_path in place of benchmarks/results/accuracy_hour_variants.json."""
+    path = tmp_path / "variants.json"
+    path.write_text(json.dumps({"what": "t", "parts": {}}))
+    monkeypatch.setattr(at, "VARIANTS", path)
+    return path
+
+
 def _runs(tmp_path, sims, obs, basins=("01", "02", "03"), times=None):
     times = pd.date_range("2000-01-01", periods=obs.shape[1]) if times is None else times
     out = []
@@ -20,9 +29,7 @@ def _runs(tmp_path, sims, obs, basins=("01", "02", "03"), times=None):
     return out
 
 
-def test_ensemble_scores_the_mean_flow(tmp_path, monkeypatch):
-    monkeypatch.setattr(at, "VARIANTS", tmp_path / "variants.json")
-    (tmp_path / "variants.json").write_text(json.dumps({"what": "t", "parts": {}}))
+def test_ensemble_scores_the_mean_flow(tmp_path, variants):
     rng = np.random.default_rng(0)
     obs = rng.gamma(2.0, 1.0, (3, 200))
     obs[1, 5:9] = np.nan  # missing days stay masked for members and mean alike
@@ -32,11 +39,10 @@ def test_ensemble_scores_the_mean_flow(tmp_path, monkeypatch):
     assert rec["median_nse"] == pytest.approx(1.0, abs=1e-6)
     assert max(rec["member_median_nse"]) < 0.95
     assert rec["gain_over_best_member"] == pytest.approx(rec["median_nse"] - max(rec["member_median_nse"]))
-    assert json.loads((tmp_path / "variants.json").read_text())["parts"]["ensemble_posthoc"]["pair"] == rec
+    assert json.loads(variants.read_text())["parts"]["ensemble_posthoc"]["pair"] == rec
 
 
-def test_ensemble_refuses_runs_on_other_basins_or_observations(tmp_path, monkeypatch):
-    monkeypatch.setattr(at, "VARIANTS", tmp_path / "variants.json")
+def test_ensemble_refuses_runs_on_other_basins_or_observations(tmp_path, variants):
     obs = np.ones((3, 10)) + np.arange(10)
     a = _runs(_mk(tmp_path, "a"), [obs], obs)
     b = _runs(_mk(tmp_path, "b"), [obs], obs, basins=("01", "02", "04"))
@@ -73,9 +79,7 @@ def _pub_run(root, name, flows, obs, spec=None, folds=None):
     return d
 
 
-def test_ensemble_pools_pub_folds_every_member_has(tmp_path, monkeypatch):
-    monkeypatch.setattr(at, "VARIANTS", tmp_path / "variants.json")
-    (tmp_path / "variants.json").write_text(json.dumps({"what": "t", "parts": {}}))
+def test_ensemble_pools_pub_folds_every_member_has(tmp_path, variants):
     rng = np.random.default_rng(1)
     obs = rng.gamma(2.0, 1.0, (3, 150))
     err = rng.normal(0, 0.5, obs.shape)
@@ -84,7 +88,7 @@ def test_ensemble_pools_pub_folds_every_member_has(tmp_path, monkeypatch):
     rec = at.record_ensemble("pub", "two PUB runs", [a, b])
     assert rec["folds"] == [0, 1] and rec["n_basins"] == 3  # every fold's held-out basins, side by side
     assert rec["median_nse"] == pytest.approx(1.0, abs=1e-6)
-    assert json.loads((tmp_path / "variants.json").read_text())["parts"]["ensemble_posthoc_pub"]["pub"] == rec
+    assert json.loads(variants.read_text())["parts"]["ensemble_posthoc_pub"]["pub"] == rec
     c = _pub_run(tmp_path, "c", obs - err, obs, folds=[1])  # fold 0 still training
     rec = at.record_ensemble("pub2", "fold 1 only", [a, c], part="ensemble_posthoc_pub")
     assert rec["folds"] == [1] and rec["n_basins"] == 1
