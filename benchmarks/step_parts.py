@@ -39,6 +39,33 @@ class DenseSource:
         return nnx.merge(self.graphdef, theta)(batch.x_dynamic, batch.x_static, key=key, detach=detach)
 
 
+def adjusted_setup(b: int, warm: int, win: int):
+    """``(arrays, space, dpl, tx, cfg)`` of the adjusted dHBV's train step (HBV with capillary
+    rise, nmul=16, dynamic beta/betaet/k0, routing; Adam; warm-up forward only; 2 host
+    devices) on the embedded sample's forcing tiled to ``b`` basins x ``warm + win`` days.
+    Call after :func:`dpljax.parallel.use_host_devices`."""
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from benchmarks.throughput import _forcing_numpy
+    from dpljax.data.dataset import Arrays
+    from dpljax.dpl import DPL
+    from dpljax.models import HBV
+    from dpljax.models.routing import BOUNDS as RB
+    from dpljax.params import ParameterSpace
+    from dpljax.train import TrainConfig
+
+    f, xd, xs, obs = _forcing_numpy(b, warm + win)
+    model = HBV(capillary=True)
+    forcing = {n: jnp.asarray(f[..., i]) for i, n in enumerate(model.forcing)}
+    arrays = Arrays(forcing, jnp.asarray(xd), jnp.asarray(xs), jnp.asarray(obs), jnp.asarray(np.nanstd(obs, axis=1)))
+    space = ParameterSpace(model.bounds, nmul=16, dynamic=("beta", "betaet", "k0"), routing_bounds=RB)
+    dpl, tx = DPL(model, space), optax.adam(1e-3)
+    cfg = TrainConfig(batch_basins=b, window=win, warmup=warm, progress=False, warmup_grad=False, devices=2)
+    return arrays, space, dpl, tx, cfg
+
+
 def main(repeats: int = 10) -> dict:
     import jax
 
@@ -47,28 +74,16 @@ def main(repeats: int = 10) -> dict:
     use_host_devices(2)
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from flax import nnx
 
-    from benchmarks.throughput import N_ATTR, _forcing_numpy, _git_commit, _machine, _probe
+    from benchmarks.throughput import N_ATTR
     from benchmarks.warmup_grad import _busy
-    from dpljax.data.dataset import Arrays
-    from dpljax.dpl import DPL
     from dpljax.losses import RMSECombined
-    from dpljax.models import HBV
-    from dpljax.models.routing import BOUNDS as RB
     from dpljax.nets import LSTMMLP
-    from dpljax.params import ParameterSpace
-    from dpljax.train import TrainConfig, TrainState, make_train_step
+    from dpljax.train import TrainState, make_train_step
 
     b, warm, win = 100, 365, 365
-    f, xd, xs, obs = _forcing_numpy(b, warm + win)
-    model = HBV(capillary=True)
-    forcing = {n: jnp.asarray(f[..., i]) for i, n in enumerate(model.forcing)}
-    arrays = Arrays(forcing, jnp.asarray(xd), jnp.asarray(xs), jnp.asarray(obs), jnp.asarray(np.nanstd(obs, axis=1)))
-    space = ParameterSpace(model.bounds, nmul=16, dynamic=("beta", "betaet", "k0"), routing_bounds=RB)
-    dpl, tx = DPL(model, space), optax.adam(1e-3)
-    cfg = TrainConfig(batch_basins=b, window=win, warmup=warm, progress=False, warmup_grad=False, devices=2)
+    arrays, space, dpl, tx, cfg = adjusted_setup(b, warm, win)
     out = {"what": "jitted train step, camels671_temporal_hour_adj set-up: raw output as the dense (B, T, n_outputs) "
                    "array vs dpljax.params.RawParts",
            "shape": f"{b} basins x ({warm} forward-only + {win}) days, HBV capillary, nmul=16, dynamic beta/betaet/k0, "
@@ -100,12 +115,21 @@ def main(repeats: int = 10) -> dict:
         res["speedup_parts_over_dense"] = res["dense"]["median_s"] / res["parts"]["median_s"]
         out["cases"][f"lstm{hidden}"] = res
         print(hidden, json.dumps({k: (v["median_s"] if isinstance(v, dict) else v) for k, v in res.items()}), flush=True)
+    return finish(out, OUT, t_all, "probe", "STEP_PARTS_NOTE")
+
+
+def finish(out: dict, path: Path, t_all: float, probe_key: str, note_env: str) -> dict:
+    """Close a step benchmark's record: its wall time, the load and the machine's speed probe
+    after it, the machine and commit, the note from ``$note_env``; written to ``path``."""
+    from benchmarks.throughput import _git_commit, _machine, _probe
+    from benchmarks.warmup_grad import _busy
+
     out["wall_s"] = time.perf_counter() - t_all
     out["load_after"] = _busy()
     out["machine"], out["git_commit"] = _machine(), _git_commit()
-    out["probe"] = _probe({})
-    out["note"] = os.environ.get("STEP_PARTS_NOTE", "")
-    OUT.write_text(json.dumps(out, indent=1) + "\n")
+    out[probe_key] = _probe({})
+    out["note"] = os.environ.get(note_env, "")
+    path.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 

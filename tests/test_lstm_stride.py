@@ -53,10 +53,11 @@ def test_stride_one_is_the_daily_lstm_and_bad_strides_are_refused():
             LSTM(3, 4, 5, hidden=8, stride=bad, rngs=nnx.Rngs(0))
 
 
-def _loss_fn(net_cls, t, detach, dtype=jnp.float64):
+def _loss_fn(net_cls, t, detach, dtype=jnp.float64, input_size=None):
     space = ParameterSpace(HBV().bounds, nmul=2, dynamic=("beta", "betaet"), routing_bounds=RB)
     kw = {"dynamic_columns": space.dynamic_columns, "mlp_hidden": (8,)} if net_cls is LSTMMLP else {}
-    net = net_cls(3, 4, space.n_outputs, hidden=6, dropout=0.0, stride=7, param_dtype=dtype, rngs=nnx.Rngs(2), **kw)
+    net = net_cls(3, 4, space.n_outputs, hidden=6, dropout=0.0, stride=7, input_size=input_size, param_dtype=dtype,
+                  rngs=nnx.Rngs(2), **kw)
     rng = np.random.default_rng(3)
     forcing = {"prcp": rng.gamma(0.6, 5.0, (B, t)), "tmean": rng.normal(4.0, 9.0, (B, t)),
                "pet": rng.uniform(0.0, 4.0, (B, t))}
@@ -75,10 +76,10 @@ def _loss_fn(net_cls, t, detach, dtype=jnp.float64):
     return jax.jit(f), flat
 
 
-@pytest.mark.parametrize("net_cls", [LSTM, LSTMMLP])
-def test_gradient_matches_finite_differences(net_cls):
+@pytest.mark.parametrize("net_cls,input_size", [(LSTM, None), (LSTMMLP, None), (LSTMMLP, 3)])
+def test_gradient_matches_finite_differences(net_cls, input_size):
     with jax.enable_x64(True):
-        f, flat = _loss_fn(net_cls, 47, 0)
+        f, flat = _loss_fn(net_cls, 47, 0, input_size=input_size)
         g = np.asarray(jax.grad(f)(flat))
         assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
         assert_directional_derivatives(f, flat, g)
@@ -92,3 +93,22 @@ def test_warmup_forward_only_keeps_the_values(detach):
         assert float(f1(flat)) == pytest.approx(float(f0(flat)), rel=1e-12)
         g1 = np.asarray(jax.grad(f1)(flat))
         assert np.all(np.isfinite(g1)) and np.abs(g1).max() > 0
+
+
+def test_input_size_sets_the_input_layer_and_defaults_to_hidden():
+    """net.input_size: the width of the linear+ReLU layer the gates read. null is the reference
+    design (width = hidden, the same network and initial weights as before the option); another
+    width changes the input layer and W_ih only, and bad widths are refused by name."""
+    xd, xs = _x(30)
+    a = LSTM(3, 4, 5, hidden=8, stride=7, rngs=nnx.Rngs(0))
+    b = LSTM(3, 4, 5, hidden=8, stride=7, input_size=8, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(a(xd, xs)), np.asarray(b(xd, xs)))
+    n = LSTM(3, 4, 5, hidden=8, stride=7, input_size=3, rngs=nnx.Rngs(0))
+    assert n.inp.kernel.shape == (7 * 3 + 4, 3) and n.w_ih.shape == (3, 32) and n.w_hh.shape == (8, 32)
+    raw = np.asarray(n(xd, xs))
+    assert raw.shape == (B, 30, 5) and np.all(np.isfinite(raw))
+    m = LSTMMLP(3, 4, 6, dynamic_columns=[1, 4], hidden=8, stride=7, input_size=3, rngs=nnx.Rngs(0))
+    assert m.seq.w_ih.shape == (3, 32)
+    for bad in (0, 2.5, True, -4):
+        with pytest.raises(ValueError, match="input_size must be an integer >= 1 or null"):
+            LSTM(3, 4, 5, hidden=8, input_size=bad, rngs=nnx.Rngs(0))

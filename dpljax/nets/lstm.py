@@ -23,22 +23,32 @@ class LSTM(nnx.Module):
     network's cost on a CPU, is ``stride`` times shorter. A parameter can then depend on the
     forcings of later days of its block (at most ``stride - 1``): fine for simulation with
     observed forcings, not for forecasting.
+
+    ``input_size``: width of the linear+ReLU input layer (default ``hidden``, the reference
+    design). Its output is projected to the four gates at every step, a product as large as
+    the recurrence's own ``h @ W_hh`` when the width is ``hidden``: a narrower input layer
+    (the inputs are some tens of numbers) makes a step of a wide LSTM cheaper.
     """
 
     is_sequence = True
 
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, hidden: int = 256,
-                 dropout: float = 0.5, stride: int = 1, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 dropout: float = 0.5, stride: int = 1, input_size: int | None = None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         if isinstance(stride, bool) or int(stride) != stride or int(stride) < 1:
             raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+        if input_size is not None and (isinstance(input_size, bool) or int(input_size) != input_size
+                                       or int(input_size) < 1):
+            raise ValueError(f"input_size must be an integer >= 1 or null (= hidden), got {input_size!r}")
         self.stride = int(stride)
         self.n_out = int(n_out)
         n_in = self.stride * n_dynamic + n_static
         self.hidden = int(hidden)
         h = self.hidden
-        self.inp = nnx.Linear(n_in, h, param_dtype=param_dtype, rngs=rngs)
+        self.input_size = h if input_size is None else int(input_size)
+        self.inp = nnx.Linear(n_in, self.input_size, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.lecun_normal()
-        self.w_ih = nnx.Param(init(rngs.params(), (h, 4 * h), param_dtype))
+        self.w_ih = nnx.Param(init(rngs.params(), (self.input_size, 4 * h), param_dtype))
         self.w_hh = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (h, 4 * h), param_dtype))
         # forget-gate bias 1 (gate order i, f, g, o): remembers by default
         self.b = nnx.Param(jnp.zeros((4 * h,), param_dtype).at[h:2 * h].set(1.0))

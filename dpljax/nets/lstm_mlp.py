@@ -29,8 +29,8 @@ class LSTMMLP(nnx.Module):
     ``dynamic_columns``: which of the ``n_out`` output columns vary in time (the parameter
     space's :attr:`~dpljax.params.ParameterSpace.dynamic_columns`; the experiment passes it).
     Those come from an :class:`~dpljax.nets.LSTM` of ``hidden`` units fed forcings and
-    attributes (dropout ``dropout`` on its output; ``stride``: blocks of days per step, see
-    :class:`~dpljax.nets.LSTM`); the others from an :class:`~dpljax.nets.MLP`
+    attributes (dropout ``dropout`` on its output; ``stride``: blocks of days per step,
+    ``input_size``: width of its input layer, see :class:`~dpljax.nets.LSTM`); the others from an :class:`~dpljax.nets.MLP`
     of ``mlp_hidden`` on the attributes alone (dropout ``mlp_dropout``), repeated along time.
     """
 
@@ -38,7 +38,8 @@ class LSTMMLP(nnx.Module):
     takes_layout = True  # built with the parameter space's dynamic_columns
 
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, dynamic_columns: Sequence[int],
-                 hidden: int = 64, dropout: float = 0.5, stride: int = 1, mlp_hidden: Sequence[int] = (256,),
+                 hidden: int = 64, dropout: float = 0.5, stride: int = 1, input_size: int | None = None,
+                 mlp_hidden: Sequence[int] = (256,),
                  mlp_dropout: float = 0.0, param_dtype=jnp.float32, rngs: nnx.Rngs):
         dyn = sorted(int(c) for c in dynamic_columns)
         if not dyn:
@@ -48,7 +49,7 @@ class LSTMMLP(nnx.Module):
             raise ValueError(f"dynamic_columns must be distinct columns in [0, {n_out}), got {list(dynamic_columns)}")
         static = sorted(set(range(n_out)) - set(dyn))
         self.seq = LSTM(n_dynamic, n_static, len(dyn), hidden=hidden, dropout=dropout, stride=stride,
-                        param_dtype=param_dtype, rngs=rngs)
+                        input_size=input_size, param_dtype=param_dtype, rngs=rngs)
         self.mlp = MLP(n_dynamic, n_static, len(static), hidden=tuple(mlp_hidden), dropout=mlp_dropout,
                        param_dtype=param_dtype, rngs=rngs)
         # column c of the output is column order[c] of concat([mlp, lstm]): where c sits in static + dyn

@@ -1,0 +1,79 @@
+"""The train step of camels671_temporal_1h for LSTM widths and input-layer widths (net.input_size).
+
+    python -m benchmarks.lstm_input_size       # -> benchmarks/results/lstm_input_size.json
+
+The LSTM's input layer (linear + ReLU) feeds the gates through ``W_ih`` at every step; at the
+reference width (``input_size = hidden``) that product is as large as the recurrence's own
+``h @ W_hh``. This times the jitted train step of camels671_temporal_1h's set-up (100 basins x
+(365 warm-up, forward only, + 365) days, the adjusted dHBV, net=lstm_mlp at stride 7 with
+MLP [512, 512], dropout 0.5, Adam, 2 host devices) for each (hidden, input_size), all compiled
+in one process and timed interleaved, so that every case sees the same load.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+OUT = HERE / "results" / "lstm_input_size.json"
+CASES = ((384, None), (384, 128), (384, 64), (512, None), (512, 128), (512, 64))
+
+
+def main(repeats: int = 10) -> dict:
+    import jax
+
+    from dpljax.parallel import use_host_devices
+
+    use_host_devices(2)
+    import numpy as np
+    from flax import nnx
+
+    from benchmarks.step_parts import adjusted_setup, finish
+    from benchmarks.throughput import N_ATTR, _probe
+    from benchmarks.warmup_grad import _busy
+    from dpljax.losses import RMSECombined
+    from dpljax.nets import LSTMMLP
+    from dpljax.train import TrainState, make_train_step
+
+    b, warm, win = 100, 365, 365
+    arrays, space, dpl, tx, cfg = adjusted_setup(b, warm, win)
+    out = {"what": "jitted train step of camels671_temporal_1h's set-up for (LSTM hidden, net.input_size)",
+           "shape": f"{b} basins x ({warm} forward-only + {win}) days, HBV capillary, nmul=16, dynamic beta/betaet/k0, "
+                    "net=lstm_mlp stride 7 + MLP [512, 512], dropout 0.5, Adam, RMSE-combined, 2 host devices",
+           "repeats_each": repeats, "load_before": _busy(), "probe_before": _probe({}), "cases": {}}
+    t_all = time.perf_counter()
+    runs = {}
+    for hidden, width in CASES:
+        net = LSTMMLP(3, N_ATTR, space.n_outputs, dynamic_columns=space.dynamic_columns, hidden=hidden, dropout=0.5,
+                      stride=7, input_size=width, mlp_hidden=(512, 512), rngs=nnx.Rngs(0))
+        graphdef, theta = nnx.split(net)
+        n_params = sum(int(np.size(x)) for x in jax.tree.leaves(theta))
+        step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
+        state = TrainState.create(theta, tx)
+        t0 = time.perf_counter()
+        state, info = step(state, arrays, jax.random.key(0))
+        jax.block_until_ready(info.loss)
+        runs[f"h{hidden}_in{width or hidden}"] = {"step": step, "state": state, "first_s": time.perf_counter() - t0,
+                                                  "n_params": n_params, "times": []}
+    for _ in range(repeats):
+        for r in runs.values():
+            t0 = time.perf_counter()
+            r["state"], info = r["step"](r["state"], arrays, jax.random.key(0))
+            jax.block_until_ready(info.loss)
+            r["times"].append(time.perf_counter() - t0)
+    ref = float(np.median(runs["h384_in384"]["times"]))
+    for k, r in runs.items():
+        med = float(np.median(r["times"]))
+        out["cases"][k] = {"median_s": med, "min_s": float(np.min(r["times"])), "relative_to_h384_in384": med / ref,
+                           "times_s": [round(t, 4) for t in r["times"]], "compile_and_first_s": r["first_s"],
+                           "n_params": r["n_params"]}
+        print(k, round(med, 3), round(med / ref, 3), flush=True)
+    return finish(out, OUT, t_all, "probe_after", "BENCH_NOTE")
+
+
+if __name__ == "__main__":
+    main()
