@@ -32,7 +32,7 @@ def main(repeats: int = 10) -> dict:
     import numpy as np
     from flax import nnx
 
-    from benchmarks.step_parts import adjusted_setup, finish
+    from benchmarks.step_parts import adjusted_setup, finish, first_step, time_interleaved
     from benchmarks.throughput import N_ATTR, _probe
     from benchmarks.warmup_grad import _busy
     from dpljax.losses import RMSECombined
@@ -53,18 +53,9 @@ def main(repeats: int = 10) -> dict:
         graphdef, theta = nnx.split(net)
         n_params = sum(int(np.size(x)) for x in jax.tree.leaves(theta))
         step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
-        state = TrainState.create(theta, tx)
-        t0 = time.perf_counter()
-        state, info = step(state, arrays, jax.random.key(0))
-        jax.block_until_ready(info.loss)
-        runs[f"h{hidden}_in{width or hidden}"] = {"step": step, "state": state, "first_s": time.perf_counter() - t0,
-                                                  "n_params": n_params, "times": []}
-    for _ in range(repeats):
-        for r in runs.values():
-            t0 = time.perf_counter()
-            r["state"], info = r["step"](r["state"], arrays, jax.random.key(0))
-            jax.block_until_ready(info.loss)
-            r["times"].append(time.perf_counter() - t0)
+        run = first_step(step, TrainState.create(theta, tx), arrays)
+        runs[f"h{hidden}_in{width or hidden}"] = {**run, "n_params": n_params}
+    time_interleaved(runs, arrays, repeats)
     ref = float(np.median(runs["h384_in384"]["times"]))
     for k, r in runs.items():
         med = float(np.median(r["times"]))

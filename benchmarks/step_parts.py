@@ -97,18 +97,8 @@ def main(repeats: int = 10) -> dict:
         runs = {}
         for name, source in (("dense", DenseSource(graphdef)), ("parts", graphdef)):
             step = make_train_step(dpl, source, tx, RMSECombined(), cfg)
-            state = TrainState.create(jax.tree.map(jnp.copy, theta), tx)
-            t0 = time.perf_counter()
-            state, info = step(state, arrays, jax.random.key(0))
-            jax.block_until_ready(info.loss)
-            runs[name] = {"step": step, "state": state, "first_s": time.perf_counter() - t0,
-                          "first_loss": float(info.loss), "times": []}
-        for _ in range(repeats):
-            for r in runs.values():
-                t0 = time.perf_counter()
-                r["state"], info = r["step"](r["state"], arrays, jax.random.key(0))
-                jax.block_until_ready(info.loss)
-                r["times"].append(time.perf_counter() - t0)
+            runs[name] = first_step(step, TrainState.create(jax.tree.map(jnp.copy, theta), tx), arrays)
+        time_interleaved(runs, arrays, repeats)
         res = {k: {"median_s": float(np.median(r["times"])), "min_s": float(np.min(r["times"])),
                    "times_s": [round(t, 4) for t in r["times"]], "compile_and_first_s": r["first_s"],
                    "first_loss": r["first_loss"]} for k, r in runs.items()}
@@ -116,6 +106,31 @@ def main(repeats: int = 10) -> dict:
         out["cases"][f"lstm{hidden}"] = res
         print(hidden, json.dumps({k: (v["median_s"] if isinstance(v, dict) else v) for k, v in res.items()}), flush=True)
     return finish(out, OUT, t_all, "probe", "STEP_PARTS_NOTE")
+
+
+def first_step(step, state, arrays) -> dict:
+    """Compile and run a train step once: the record :func:`time_interleaved` times
+    (``step``, ``state``, ``first_s`` = compile + first step, ``first_loss``, ``times``)."""
+    import jax
+
+    t0 = time.perf_counter()
+    state, info = step(state, arrays, jax.random.key(0))
+    jax.block_until_ready(info.loss)
+    return {"step": step, "state": state, "first_s": time.perf_counter() - t0, "first_loss": float(info.loss),
+            "times": []}
+
+
+def time_interleaved(runs: dict, arrays, repeats: int) -> None:
+    """``repeats`` rounds, each timing one step of every run in turn (so that all see the same
+    load); the seconds go to each run's ``times``."""
+    import jax
+
+    for _ in range(repeats):
+        for r in runs.values():
+            t0 = time.perf_counter()
+            r["state"], info = r["step"](r["state"], arrays, jax.random.key(0))
+            jax.block_until_ready(info.loss)
+            r["times"].append(time.perf_counter() - t0)
 
 
 def finish(out: dict, path: Path, t_all: float, probe_key: str, note_env: str) -> dict:

@@ -35,17 +35,12 @@ class LSTM(nnx.Module):
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, hidden: int = 256,
                  dropout: float = 0.5, stride: int = 1, input_size: int | None = None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
-        if isinstance(stride, bool) or int(stride) != stride or int(stride) < 1:
-            raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
-        if input_size is not None and (isinstance(input_size, bool) or int(input_size) != input_size
-                                       or int(input_size) < 1):
-            raise ValueError(f"input_size must be an integer >= 1 or null (= hidden), got {input_size!r}")
-        self.stride = int(stride)
+        self.stride = _whole("stride", stride)
         self.n_out = int(n_out)
         n_in = self.stride * n_dynamic + n_static
         self.hidden = int(hidden)
         h = self.hidden
-        self.input_size = h if input_size is None else int(input_size)
+        self.input_size = h if input_size is None else _whole("input_size", input_size, " or null (= hidden)")
         self.inp = nnx.Linear(n_in, self.input_size, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.lecun_normal()
         self.w_ih = nnx.Param(init(rngs.params(), (self.input_size, 4 * h), param_dtype))
@@ -103,6 +98,13 @@ class LSTM(nnx.Module):
         if key is not None and self.dropout.rate > 0:
             return self.dropout(hs, deterministic=False, rngs=key)
         return hs
+
+
+def _whole(name: str, value, alternative: str = "") -> int:
+    """``value`` as an int, refused by ``name`` unless it is a whole number >= 1 (not a bool)."""
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1{alternative}, got {value!r}")
+    return int(value)
 
 
 # The recurrence with a hand-written backward pass. Autodiff of the scan accumulates

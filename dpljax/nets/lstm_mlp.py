@@ -30,8 +30,9 @@ class LSTMMLP(nnx.Module):
     space's :attr:`~dpljax.params.ParameterSpace.dynamic_columns`; the experiment passes it).
     Those come from an :class:`~dpljax.nets.LSTM` of ``hidden`` units fed forcings and
     attributes (dropout ``dropout`` on its output; ``stride``: blocks of days per step,
-    ``input_size``: width of its input layer, see :class:`~dpljax.nets.LSTM`); the others from an :class:`~dpljax.nets.MLP`
-    of ``mlp_hidden`` on the attributes alone (dropout ``mlp_dropout``), repeated along time.
+    ``input_size``: width of its input layer, see :class:`~dpljax.nets.LSTM`); the others from
+    an :class:`~dpljax.nets.MLP` of ``mlp_hidden`` on the attributes alone (dropout
+    ``mlp_dropout``), repeated along time.
     """
 
     is_sequence = True
