@@ -325,7 +325,7 @@ def _run_locked(exp: Experiment, config: dict, run_dir: Path, log) -> dict:
     result = fit(exp.dpl, net, exp.tx, exp.loss, train_arrays, exp.train, run_dir=run_dir,
                  validate=validate, basins=basins, log=log, meta=meta)
     write_json(run_dir / "train_log.json", result.history)
-    state = result.best_theta if result.best_theta is not None else result.state.theta
+    state = result.best_theta if result.best_theta is not None else result.state.model()
     try:  # the model's outputs are checked before anything of it is written
         table = E.evaluate_period(exp, test_ds, norm, graphdef, state, exp.data.test, run_dir)
     except E.DivergedError as e:
@@ -337,7 +337,8 @@ def _run_locked(exp: Experiment, config: dict, run_dir: Path, log) -> dict:
             f"optim.learning_rate (now {exp.config['optim'].get('learning_rate')!r}) or set "
             "train.clip_grad_norm, and train again in a new run directory") from None
     save_checkpoint(run_dir / "weights.npz", state, {"step": result.step, "config": config,
-                                                     "which": "best" if result.best_theta is not None else "last"})
+                                                     "which": ("best" if result.best_theta is not None else "last")
+                                                     + (" (moving average)" if exp.train.ema is not None else "")})
     test_missing = table["n_missing"].astype(int)
     log(f"test: {int(test_missing.sum())} missing observations masked")
     if result.skipped_steps:

@@ -35,7 +35,7 @@ from .dpl import DPL, as_source, simulate
 from .parallel import basin_mesh, replicate, shard_basins
 from .resume import ResumeError, check_resume
 
-__all__ = ["budget_epochs", "NonFiniteLoss", "ResumeError", "RunPlan", "StepInfo", "TrainConfig", "TrainResult",
+__all__ = ["Average", "budget_epochs", "NonFiniteLoss", "ResumeError", "RunPlan", "StepInfo", "TrainConfig", "TrainResult",
            "TrainState", "TrainStep", "fit", "make_optimizer", "make_train_step"]
 
 
@@ -63,6 +63,11 @@ class TrainConfig:
     whole epochs that fit, at most ``epochs`` (then a maximum); the learning-rate schedule is
     laid over the epochs chosen, and the checkpoint keeps them, so a resumed run continues
     the same plan. The budget counts the timing, both compilations and the epochs.
+    ``ema``: a decay per step ``d`` (e.g. 0.999): the run keeps an exponential moving average
+    of the parameters, ``sum <- d sum + (1 - d) theta`` after each applied step, divided by its
+    weight ``1 - d^n`` (n applied steps; a skipped step changes neither). The average, not the
+    last iterate, is what is validated, kept as the best and written as the model (Polyak
+    averaging: the noise of the last steps averaged out, one model at no extra cost per step).
     """
 
     epochs: int = 20
@@ -81,6 +86,7 @@ class TrainConfig:
     devices: int = 1
     warmup_grad: bool = True
     minutes: float | None = None
+    ema: float | None = None
 
     def __post_init__(self):
         def integer(name, lo, optional=False):
@@ -110,6 +116,11 @@ class TrainConfig:
         number("clip_grad_norm")
         number("checkpoint_minutes")
         number("minutes")
+        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float, np.number))
+                                     or not 0.0 < self.ema < 1.0):
+            raise ValueError(f"train.ema must be null or a decay per step in (0, 1), e.g. 0.999, got {self.ema!r}")
+        if self.ema is not None:
+            self.ema = float(self.ema)
         if self.batch_basins % self.devices:
             raise ValueError(f"train.batch_basins={self.batch_basins} must be a multiple of "
                              f"train.devices={self.devices} (each device takes an equal share)")
@@ -131,20 +142,55 @@ def make_optimizer(tx: optax.GradientTransformation, clip_grad_norm: float | Non
 
 
 # ---------------------------------------------------------------------- the state and the step
+class Average(NamedTuple):
+    """An exponential moving average of the parameters (``train.ema``): the decayed ``sum``
+    of the iterates and its ``weight`` (``1 - d^n`` after n updates); the average is
+    ``sum / weight``, the mean of the iterates weighted ``(1 - d) d^age``."""
+
+    sum: Any
+    weight: jax.Array
+
+    @classmethod
+    def zeros(cls, theta) -> "Average":
+        return cls(jax.tree.map(jnp.zeros_like, theta), jnp.zeros((), jnp.float32))
+
+    def update(self, theta, decay: float) -> "Average":
+        def one(s, t):
+            return decay * s + (1.0 - decay) * t if jnp.issubdtype(t.dtype, jnp.inexact) else t
+        return Average(jax.tree.map(one, self.sum, theta), decay * self.weight + (1.0 - decay))
+
+    def value(self, like):
+        """The average, on ``like``'s tree (``like`` itself before any update)."""
+        if not float(self.weight) > 0.0:
+            return like
+        w = self.weight
+
+        def one(s, t):
+            return (s / w).astype(t.dtype) if jnp.issubdtype(t.dtype, jnp.inexact) else t
+        return jax.tree.map(one, self.sum, like)
+
+
 class TrainState(NamedTuple):
     """What the train step carries from one step to the next: ``step`` (int32 scalar), the
     number of batches drawn so far, which is the sampler's position; ``theta``, the network's
     state (``nnx.State``: its parameters and any other variables); ``opt_state``, the
-    optimiser's state. A PyTree: it is donated to the step, replicated over devices and
-    written whole to a checkpoint."""
+    optimiser's state; ``avg``, the moving average of ``theta`` under ``train.ema``
+    (:class:`Average`, else ``None``). A PyTree: it is donated to the step, replicated over
+    devices and written whole to a checkpoint."""
 
     step: jax.Array
     theta: Any
     opt_state: Any
+    avg: Average | None = None
 
     @classmethod
-    def create(cls, theta, tx: optax.GradientTransformation, step: int = 0) -> "TrainState":
-        return cls(jnp.asarray(step, jnp.int32), theta, tx.init(theta))
+    def create(cls, theta, tx: optax.GradientTransformation, step: int = 0, ema: bool = False) -> "TrainState":
+        return cls(jnp.asarray(step, jnp.int32), theta, tx.init(theta), Average.zeros(theta) if ema else None)
+
+    def model(self):
+        """The parameters the run stands for: the moving average under ``train.ema``, else
+        the last iterate ``theta``."""
+        return self.theta if self.avg is None else self.avg.value(self.theta)
 
 
 class StepInfo(NamedTuple):
@@ -219,7 +265,8 @@ def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn:
         # ... nor does a non-finite update (e.g. an optimiser dividing 0 by 0).
         ok = ok & _finite(new_theta) & _finite(new_opt)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-        new = TrainState(state.step + 1, keep(new_theta, state.theta), keep(new_opt, state.opt_state))
+        avg = state.avg if state.avg is None else keep(state.avg.update(new_theta, cfg.ema), state.avg)
+        new = TrainState(state.step + 1, keep(new_theta, state.theta), keep(new_opt, state.opt_state), avg)
         return new, StepInfo(loss, ok, idx)
 
     return TrainStep(jax.jit(step_fn, donate_argnums=(1,)), dpl)
@@ -505,7 +552,8 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
         if epochs is None:  # a fresh plan: time the step here
             probe_tx = make_tx(plan.total)
             probe_step = make_train_step(dpl, graphdef, probe_tx, loss_fn, cfg)
-            scratch = replicate(TrainState.create(jax.tree.map(jnp.copy, theta), probe_tx), cfg.devices)
+            scratch = replicate(TrainState.create(jax.tree.map(jnp.copy, theta), probe_tx, ema=cfg.ema is not None),
+                                cfg.devices)
             budget = budget_epochs(probe_step, scratch, arrays, plan.seed_key, minutes=cfg.minutes, ipe=plan.ipe,
                                    max_epochs=cfg.epochs, recompile=scheduled,
                                    validate=validate,
@@ -519,7 +567,7 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
         plan = RunPlan.of(arrays, cfg)
     tx = make_tx(plan.total)
     run = Run(cfg, plan, run_dir, basins, dict(meta or {}), log)
-    state = run.start(TrainState.create(theta, tx), scheduled)
+    state = run.start(TrainState.create(theta, tx, ema=cfg.ema is not None), scheduled)
     train_step = timed_step or make_train_step(dpl, graphdef, tx, loss_fn, cfg)
     state = replicate(state, cfg.devices)
     if cfg.devices > 1:
@@ -533,7 +581,7 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
             state, info = train_step(state, arrays, plan.seed_key)
             run.after_step(step, state, info)
             progress.step(step, info.loss)
-            entry = run.end_epoch(step + 1, state.theta, validate) if (step + 1) % plan.ipe == 0 else None
+            entry = run.end_epoch(step + 1, state.model(), validate) if (step + 1) % plan.ipe == 0 else None
             run.checkpoint_if_due(step + 1, state)
             if entry is not None:
                 progress.epoch(entry)

@@ -52,6 +52,24 @@ def poisoned(arrays):
     return arrays._replace(forcing=dict(arrays.forcing, prcp=arrays.forcing["prcp"].at[BAD].set(jnp.nan)))
 
 
+def crash_after_saves(n: int, monkeypatch, run) -> list:
+    """``run()`` with the process "dying" (KeyboardInterrupt) right after its ``n``-th
+    checkpoint write; the steps of the checkpoints written."""
+    real_save, calls = T.save_training, []
+
+    def dying_save(path, state, best, meta):
+        if len(calls) == n:
+            raise KeyboardInterrupt("simulated crash")
+        real_save(path, state, best, meta)
+        calls.append(meta.step)
+
+    monkeypatch.setattr(T, "save_training", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(T, "save_training", real_save)
+    return calls
+
+
 def test_same_seed_same_parameters(setup):
     a = train(setup, tcfg(seed=4))
     b = train(setup, tcfg(seed=4))
@@ -166,18 +184,7 @@ def test_crash_mid_epoch_then_resume_is_exact(setup, tmp_path, monkeypatch):
     # A deterministic stand-in for validation whose best epoch is not simply the last one.
     score = lambda s: float(np.sin(1e4 * sum(float(np.sum(x)) for x in leaves(s))))  # noqa: E731
     ref = train(setup, cfg, validate=score)
-    real_save, calls = T.save_training, []
-
-    def dying_save(path, state, best, meta):
-        if len(calls) == 12:
-            raise KeyboardInterrupt("simulated crash")
-        real_save(path, state, best, meta)
-        calls.append(meta.step)
-
-    monkeypatch.setattr(T, "save_training", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        train(setup, cfg, run_dir=tmp_path, validate=score)
-    monkeypatch.setattr(T, "save_training", real_save)
+    calls = crash_after_saves(12, monkeypatch, lambda: train(setup, cfg, run_dir=tmp_path, validate=score))
     assert calls == list(range(1, 13))
     assert read_checkpoint_meta(tmp_path / "checkpoints" / "last.npz")["step"] == 12
     r = train(setup, TrainConfig(**{**cfg.__dict__, "resume": True}), run_dir=tmp_path, validate=score)
