@@ -116,10 +116,10 @@ class TrainConfig:
         number("clip_grad_norm")
         number("checkpoint_minutes")
         number("minutes")
-        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float, np.number))
-                                     or not 0.0 < self.ema < 1.0):
-            raise ValueError(f"train.ema must be null or a decay per step in (0, 1), e.g. 0.999, got {self.ema!r}")
         if self.ema is not None:
+            if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float, np.number)) \
+                    or not 0.0 < self.ema < 1.0:
+                raise ValueError(f"train.ema must be null or a decay per step in (0, 1), e.g. 0.999, got {self.ema!r}")
             self.ema = float(self.ema)
         if self.batch_basins % self.devices:
             raise ValueError(f"train.batch_basins={self.batch_basins} must be a multiple of "

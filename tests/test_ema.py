@@ -8,15 +8,14 @@ import pytest
 from flax import nnx
 
 import dpljax.train as T
-from dpljax.checkpoint import load_checkpoint
 from dpljax.train import Average, TrainConfig, TrainState, make_train_step
-from test_reliability_train import BAD, crash_after_saves, leaves, poisoned, same, setup, tcfg, train  # noqa: F401
+from test_reliability_train import crash_after_saves, leaves, poisoned, same, setup, tcfg, train  # noqa: F401
 
 D = 0.9
 
 
 def weighted_mean(iterates, decay):
-    """The average the docstring promises: iterate k of n weighted (1 - d) d^(n-k), normalised."""
+    """The average the docstring promises: iterate k = 0 .. n-1 weighted (1 - d) d^(n-1-k), normalised."""
     n = len(iterates)
     w = np.array([(1 - decay) * decay ** (n - 1 - k) for k in range(n)])
     w = w / w.sum()
@@ -104,7 +103,6 @@ def test_fit_validates_and_keeps_the_average(setup, tmp_path, monkeypatch):
 def test_bad_decay_is_refused_by_name(bad):
     with pytest.raises(ValueError, match="train.ema must be null or a decay per step in \\(0, 1\\)"):
         TrainConfig(ema=bad)
-
 
 
 def test_experiment_writes_the_average_and_evaluate_reproduces_it(tmp_path):
