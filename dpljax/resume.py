@@ -54,7 +54,8 @@ def flat(d: Any, prefix: str = "") -> dict:
 #: Train keys that older configs and checkpoints lack, with what their absence meant.
 TRAIN_IMPLICIT = {"warmup_grad": True, "ema": None}
 #: Net keys that older configs of these networks lack, with what their absence meant.
-NET_IMPLICIT = {"lstm": {"stride": 1, "input_size": None}, "lstm_mlp": {"input_size": None}}
+NET_IMPLICIT = {"lstm": {"stride": 1, "input_size": None, "compute_dtype": None},
+                "lstm_mlp": {"input_size": None, "compute_dtype": None}}
 
 
 def _implicit(config: Any) -> Any:

@@ -1,6 +1,8 @@
 """g_z: an LSTM from forcings + attributes to (time-varying) parameters (Feng et al. 2022)."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -28,14 +30,22 @@ class LSTM(nnx.Module):
     design). Its output is projected to the four gates at every step, a product as large as
     the recurrence's own ``h @ W_hh`` when the width is ``hidden``: a narrower input layer
     (the inputs are some tens of numbers) makes a step of a wide LSTM cheaper.
+
+    ``compute_dtype``: the dtype of the matrix products' operands (null: the parameters' own).
+    ``"bfloat16"`` is mixed precision: the weights stay float32 (the optimiser's copy), the
+    products (input layer, gates, recurrence, head, and their backward) read bfloat16 operands
+    and accumulate in float32, and the gates, the cell state and everything after stay
+    float32. On hardware with bfloat16 products (recent x86 CPUs with AVX512-BF16 or AMX,
+    GPUs, TPUs) a step is cheaper; elsewhere it can be dearer (benchmarks/results/lstm_bf16.json).
     """
 
     is_sequence = True
 
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, hidden: int = 256,
                  dropout: float = 0.5, stride: int = 1, input_size: int | None = None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 compute_dtype: str | None = None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.stride = _whole("stride", stride)
+        self.compute_dtype = _compute_dtype(compute_dtype)
         self.n_out = int(n_out)
         n_in = self.stride * n_dynamic + n_static
         self.hidden = int(hidden)
@@ -73,26 +83,31 @@ class LSTM(nnx.Module):
         """The LSTM over the steps of ``x_dynamic`` (days, or blocks of ``stride`` days)."""
         b, t, _ = x_dynamic.shape
         x = jnp.concatenate([x_dynamic, jnp.broadcast_to(x_static[:, None, :], (b, t, x_static.shape[-1]))], -1)
+        cd = self.compute_dtype
+        mm = lambda a, w: matmul(a, w, cd)  # noqa: E731
+        weights = (self.inp.kernel[...], self.inp.bias[...], self.w_ih[...], self.b[...], self.w_hh[...],
+                   self.head.kernel[...], self.head.bias[...])
         if d == 0:
-            x = jax.nn.relu(self.inp(x))
-            gates_x = jnp.swapaxes(x @ self.w_ih[...] + self.b[...], 0, 1)  # (T, B, 4H) time-major
-            _, hs = lstm_recurrence(gates_x, self.w_hh[...])
+            k_in, b_in, w_ih, bias, w_hh, k_out, b_out = weights
+            x = jax.nn.relu(mm(x, k_in) + b_in)
+            gates_x = jnp.swapaxes(mm(x, w_ih) + bias, 0, 1)  # (T, B, 4H) time-major
+            _, hs = lstm_recurrence(gates_x, w_hh, cd)
             hs = jnp.swapaxes(hs, 0, 1)  # (B, T, H)
-            return self.head(self._dropout(hs, key))
-        sg = jax.lax.stop_gradient
+            return mm(self._dropout(hs, key), k_out) + b_out
         # Warm-up steps: the same operations on stop-gradiented weights (no tangent, so no
         # residuals and no backward); the window starts from the constant state (h, c).
-        k_in, b_in, w_ih, bias, w_hh = (sg(v) for v in (self.inp.kernel[...], self.inp.bias[...],
-                                                          self.w_ih[...], self.b[...], self.w_hh[...]))
-        xw = jax.nn.relu(x[:, :d] @ k_in + b_in)
-        (h, c), hs_w = lstm_recurrence(jnp.swapaxes(xw @ w_ih + bias, 0, 1), w_hh)
-        xv = jax.nn.relu(self.inp(x[:, d:]))
-        gates_v = jnp.swapaxes(xv @ self.w_ih[...] + self.b[...], 0, 1)
-        _, hs_v = lstm_recurrence_from(gates_v, self.w_hh[...], sg(h), sg(c))
+        sg = jax.lax.stop_gradient
+        k_in, b_in, w_ih, bias, w_hh, k_out, b_out = weights
+        s_in, sb_in, s_ih, s_bias, s_hh, s_out, sb_out = (sg(v) for v in weights)
+        xw = jax.nn.relu(mm(x[:, :d], s_in) + sb_in)
+        (h, c), hs_w = lstm_recurrence(jnp.swapaxes(mm(xw, s_ih) + s_bias, 0, 1), s_hh, cd)
+        xv = jax.nn.relu(mm(x[:, d:], k_in) + b_in)
+        gates_v = jnp.swapaxes(mm(xv, w_ih) + bias, 0, 1)
+        _, hs_v = lstm_recurrence_from(gates_v, w_hh, sg(h), sg(c), cd)
         hs = jnp.swapaxes(jnp.concatenate([sg(hs_w), hs_v], 0), 0, 1)  # (B, T, H)
         hs = self._dropout(hs, key)  # one mask over all T steps, as without detach
-        raw_w = hs[:, :d] @ sg(self.head.kernel[...]) + sg(self.head.bias[...])
-        return jnp.concatenate([sg(raw_w), self.head(hs[:, d:])], 1)
+        raw_w = mm(hs[:, :d], s_out) + sb_out
+        return jnp.concatenate([sg(raw_w), mm(hs[:, d:], k_out) + b_out], 1)
 
     def _dropout(self, hs, key):
         if key is not None and self.dropout.rate > 0:
@@ -107,14 +122,62 @@ def _whole(name: str, value, alternative: str = "") -> int:
     return int(value)
 
 
+#: compute_dtype names: null (the operands' own dtype), or the dtype the products read.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _compute_dtype(value) -> str | None:
+    """``value`` (null or a name of :data:`COMPUTE_DTYPES`), refused by name otherwise."""
+    if value is None or value in COMPUTE_DTYPES:
+        return value
+    raise ValueError(f"compute_dtype must be null or one of {list(COMPUTE_DTYPES)}, got {value!r}")
+
+
+def matmul(a, w, dtype: str | None = None):
+    """``a @ w`` (``a (..., K)``, ``w (K, N)``). With ``dtype``: mixed precision, the
+    operands rounded to ``dtype`` and the product accumulated in, and returned as, ``a``'s
+    dtype; the backward pass's two products read ``dtype`` operands too (:func:`_mixed_matmul`)."""
+    if dtype is None:
+        return a @ w
+    rt = jnp.result_type(a, w)
+    return _mixed_matmul(a.astype(rt), w.astype(rt), dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_matmul(a, w, dtype):
+    return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=a.dtype)
+
+
+def _mixed_fwd(a, w, dtype):
+    a_c, w_c = a.astype(dtype), w.astype(dtype)  # the residuals, in dtype: half the memory
+    return jnp.matmul(a_c, w_c, preferred_element_type=a.dtype), (a_c, w_c)
+
+
+def _mixed_bwd(dtype, res, g):
+    a_c, w_c = res  # a and w share g's dtype (matmul promotes them)
+    g_c = g.astype(dtype)
+    k, n = w_c.shape
+    g_a = jnp.matmul(g_c, w_c.T, preferred_element_type=g.dtype)
+    g_w = jnp.matmul(a_c.reshape(-1, k).T, g_c.reshape(-1, n), preferred_element_type=g.dtype)
+    return g_a, g_w
+
+
+_mixed_matmul.defvjp(_mixed_fwd, _mixed_bwd)
+
+
 # The recurrence with a hand-written backward pass. Autodiff of the scan accumulates
 # dW_hh += h_{t-1}^T dgates_t inside the reverse loop: T small (H x B) @ (B x 4H) products and
 # a (H, 4H) read-modify-write per step. Here the reverse loop only carries (dh, dc) and emits
 # dgates_t; dW_hh is then one (H, T*B) @ (T*B, 4H) product, which runs near the matmul peak.
-def _cell(w_hh, carry, gx):
+def _cell(w_hh, carry, gx, dtype: str | None = None):
+    """One LSTM step; ``dtype``: ``h @ W_hh`` on operands of that dtype (``w_hh`` already
+    cast by the caller), accumulated in ``gx``'s."""
     hprev, cprev = carry
     h = hprev.shape[-1]
-    g = gx + hprev @ w_hh
+    if dtype is None:
+        g = gx + hprev @ w_hh
+    else:
+        g = gx + jnp.matmul(hprev.astype(dtype), w_hh, preferred_element_type=gx.dtype)
     i = jax.nn.sigmoid(g[:, :h])
     f = jax.nn.sigmoid(g[:, h:2 * h])
     gg = jnp.tanh(g[:, 2 * h:3 * h])
@@ -124,11 +187,13 @@ def _cell(w_hh, carry, gx):
     return (h_new, c_new), (h_new, c_new, jnp.concatenate([i, f, gg, o], -1))
 
 
-@jax.custom_vjp
-def lstm_recurrence(gates_x, w_hh):
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def lstm_recurrence(gates_x, w_hh, dtype: str | None = None):
     """``gates_x (T, B, 4H)`` (input projection + bias, gate order i, f, g, o) and
-    ``w_hh (H, 4H)`` -> ``(final (h, c), hs (T, B, H))``, starting from zero state."""
-    (h, c), (hs, _, _) = _recurrence_fwd_scan(gates_x, w_hh, *_zero_state(gates_x))
+    ``w_hh (H, 4H)`` -> ``(final (h, c), hs (T, B, H))``, starting from zero state.
+    ``dtype``: the products ``h @ W_hh`` (and the backward pass's) on operands of that dtype
+    (mixed precision, see :func:`matmul`); the state stays in ``gates_x``'s dtype."""
+    (h, c), (hs, _, _) = _recurrence_fwd_scan(gates_x, w_hh, *_zero_state(gates_x), dtype)
     return (h, c), hs
 
 
@@ -137,21 +202,23 @@ def _zero_state(gates_x):
     return zeros, zeros
 
 
-def _recurrence_fwd_scan(gates_x, w_hh, h0, c0):
-    return jax.lax.scan(lambda carry, gx: _cell(w_hh, carry, gx), (h0, c0), gates_x)
+def _recurrence_fwd_scan(gates_x, w_hh, h0, c0, dtype=None):
+    w = w_hh if dtype is None else w_hh.astype(dtype)  # cast once, outside the loop
+    return jax.lax.scan(lambda carry, gx: _cell(w, carry, gx, dtype), (h0, c0), gates_x)
 
 
-def _recurrence_fwd(gates_x, w_hh):
-    (h, c), (hs, cs, acts) = _recurrence_fwd_scan(gates_x, w_hh, *_zero_state(gates_x))
+def _recurrence_fwd(gates_x, w_hh, dtype):
+    (h, c), (hs, cs, acts) = _recurrence_fwd_scan(gates_x, w_hh, *_zero_state(gates_x), dtype)
     return ((h, c), hs), (w_hh, hs, cs, acts)
 
 
-def _recurrence_bwd_core(w_hh, h0, c0, hs, cs, acts, cts):
-    """Cotangents ``(dgates, dW_hh, dh0, dc0)`` of a recurrence started from ``(h0, c0)``."""
+def _recurrence_bwd_core(w_hh, h0, c0, hs, cs, acts, cts, dtype=None):
+    """Cotangents ``(dgates, dW_hh, dh0, dc0)`` of a recurrence started from ``(h0, c0)``;
+    ``dtype``: its products on operands of that dtype, accumulated in the state's."""
     (g_h_final, g_c_final), g_hs = cts
     hid = hs.shape[-1]
     c_prev_all = jnp.concatenate([c0[None], cs[:-1]], 0)
-    w_t = w_hh.T
+    w_t = w_hh.T if dtype is None else w_hh.T.astype(dtype)
 
     def body(carry, xs):
         dh, dc = carry
@@ -162,40 +229,48 @@ def _recurrence_bwd_core(w_hh, h0, c0, hs, cs, acts, cts):
         dc = dc + dh * o * (1.0 - tc * tc)
         dgates = jnp.concatenate([dc * gg * i * (1.0 - i), dc * c_prev * f * (1.0 - f),
                                   dc * i * (1.0 - gg * gg), dh * tc * o * (1.0 - o)], -1)
-        return (dgates @ w_t, dc * f), dgates
+        if dtype is None:
+            dh_prev = dgates @ w_t
+        else:
+            dh_prev = jnp.matmul(dgates.astype(dtype), w_t, preferred_element_type=dh.dtype)
+        return (dh_prev, dc * f), dgates
 
     (dh0, dc0), dgates = jax.lax.scan(body, (g_h_final, g_c_final), (g_hs, cs, c_prev_all, acts),
                                       reverse=True)
     h_prev_all = jnp.concatenate([h0[None], hs[:-1]], 0)
-    g_w = jnp.einsum("tbh,tbg->hg", h_prev_all, dgates)
+    if dtype is None:
+        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all, dgates)
+    else:
+        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all.astype(dtype), dgates.astype(dtype),
+                         preferred_element_type=w_hh.dtype)
     return dgates, g_w, dh0, dc0
 
 
-def _recurrence_bwd(res, cts):
+def _recurrence_bwd(dtype, res, cts):
     w_hh, hs, cs, acts = res
     zeros = jnp.zeros_like(hs[0])
-    dgates, g_w, _, _ = _recurrence_bwd_core(w_hh, zeros, zeros, hs, cs, acts, cts)
+    dgates, g_w, _, _ = _recurrence_bwd_core(w_hh, zeros, zeros, hs, cs, acts, cts, dtype)
     return dgates, g_w
 
 
 lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-@jax.custom_vjp
-def lstm_recurrence_from(gates_x, w_hh, h0, c0):
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def lstm_recurrence_from(gates_x, w_hh, h0, c0, dtype: str | None = None):
     """:func:`lstm_recurrence` started from the state ``(h0, c0)`` (``(B, H)`` each), with the
     same hand-written backward pass (which also returns the cotangents of ``h0`` and ``c0``)."""
-    (h, c), (hs, _, _) = _recurrence_fwd_scan(gates_x, w_hh, h0, c0)
+    (h, c), (hs, _, _) = _recurrence_fwd_scan(gates_x, w_hh, h0, c0, dtype)
     return (h, c), hs
 
 
-def _from_fwd(gates_x, w_hh, h0, c0):
-    (h, c), (hs, cs, acts) = _recurrence_fwd_scan(gates_x, w_hh, h0, c0)
+def _from_fwd(gates_x, w_hh, h0, c0, dtype):
+    (h, c), (hs, cs, acts) = _recurrence_fwd_scan(gates_x, w_hh, h0, c0, dtype)
     return ((h, c), hs), (w_hh, h0, c0, hs, cs, acts)
 
 
-def _from_bwd(res, cts):
-    return _recurrence_bwd_core(*res, cts)
+def _from_bwd(dtype, res, cts):
+    return _recurrence_bwd_core(*res, cts, dtype)
 
 
 lstm_recurrence_from.defvjp(_from_fwd, _from_bwd)
