@@ -24,6 +24,15 @@ CASES = ((384, None), (384, 128), (384, 64), (512, None), (512, 128), (512, 64))
 
 
 def main(repeats: int = 10) -> dict:
+    cases = {f"h{h}_in{w or h}": {"hidden": h, "input_size": w} for h, w in CASES}
+    return time_lstm_steps(cases, "h384_in384", "jitted train step of camels671_temporal_1h's set-up for "
+                           "(LSTM hidden, net.input_size)", OUT, repeats)
+
+
+def time_lstm_steps(cases: dict, ref: str, what: str, out: Path, repeats: int = 10) -> dict:
+    """Time the jitted train step of camels671_temporal_1h's set-up for each case (a name and
+    the keywords of :class:`~dpljax.nets.LSTMMLP` it sets), all compiled in one process and
+    timed interleaved; each median also relative to the case ``ref``. Written to ``out``."""
     import jax
 
     from dpljax.parallel import use_host_devices
@@ -41,29 +50,31 @@ def main(repeats: int = 10) -> dict:
 
     b, warm, win = 100, 365, 365
     arrays, space, dpl, tx, cfg = adjusted_setup(b, warm, win)
-    out = {"what": "jitted train step of camels671_temporal_1h's set-up for (LSTM hidden, net.input_size)",
-           "shape": f"{b} basins x ({warm} forward-only + {win}) days, HBV capillary, nmul=16, dynamic beta/betaet/k0, "
-                    "net=lstm_mlp stride 7 + MLP [512, 512], dropout 0.5, Adam, RMSE-combined, 2 host devices",
-           "repeats_each": repeats, "load_before": _busy(), "probe_before": _probe({}), "cases": {}}
+    record = {"what": what,
+              "shape": f"{b} basins x ({warm} forward-only + {win}) days, HBV capillary, nmul=16, dynamic "
+                       "beta/betaet/k0, net=lstm_mlp stride 7 + MLP [512, 512], dropout 0.5, Adam, RMSE-combined, "
+                       "2 host devices",
+              "repeats_each": repeats, "load_before": _busy(), "probe_before": _probe({}), "cases": {}}
     t_all = time.perf_counter()
     runs = {}
-    for hidden, width in CASES:
-        net = LSTMMLP(3, N_ATTR, space.n_outputs, dynamic_columns=space.dynamic_columns, hidden=hidden, dropout=0.5,
-                      stride=7, input_size=width, mlp_hidden=(512, 512), rngs=nnx.Rngs(0))
+    for name, kw in cases.items():
+        net = LSTMMLP(3, N_ATTR, space.n_outputs, dynamic_columns=space.dynamic_columns, dropout=0.5,
+                      stride=7, mlp_hidden=(512, 512), rngs=nnx.Rngs(0), **kw)
         graphdef, theta = nnx.split(net)
         n_params = sum(int(np.size(x)) for x in jax.tree.leaves(theta))
         step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
         run = first_step(step, TrainState.create(theta, tx), arrays)
-        runs[f"h{hidden}_in{width or hidden}"] = {**run, "n_params": n_params}
+        runs[name] = {**run, "n_params": n_params, "net": kw}
     time_interleaved(runs, arrays, repeats)
-    ref = float(np.median(runs["h384_in384"]["times"]))
+    ref_s = float(np.median(runs[ref]["times"]))
     for k, r in runs.items():
         med = float(np.median(r["times"]))
-        out["cases"][k] = {"median_s": med, "min_s": float(np.min(r["times"])), "relative_to_h384_in384": med / ref,
-                           "times_s": [round(t, 4) for t in r["times"]], "compile_and_first_s": r["first_s"],
-                           "n_params": r["n_params"]}
-        print(k, round(med, 3), round(med / ref, 3), flush=True)
-    return finish(out, OUT, t_all, "probe_after", "BENCH_NOTE")
+        record["cases"][k] = {"net": r["net"], "median_s": med, "min_s": float(np.min(r["times"])),
+                              f"relative_to_{ref}": med / ref_s, "times_s": [round(t, 4) for t in r["times"]],
+                              "compile_and_first_s": r["first_s"], "first_loss": r["first_loss"],
+                              "n_params": r["n_params"]}
+        print(k, round(med, 3), round(med / ref_s, 3), flush=True)
+    return finish(record, out, t_all, "probe_after", "BENCH_NOTE")
 
 
 if __name__ == "__main__":
