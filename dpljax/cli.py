@@ -1,8 +1,9 @@
 """The ``dpljax`` command: thin; it only turns configs into calls of library functions.
 
     dpljax [experiment=NAME] [key=value ...] [-m]   train + test an experiment (Hydra)
-    dpljax evaluate RUN_DIR                         re-run a saved model (or calibration) on
-                                                    its test period (PUB: every fold, pooled)
+    dpljax evaluate RUN_DIR [--which last]          re-run a saved model (or calibration) on
+                                                    its test period (PUB: every fold, pooled;
+                                                    --which last: the last training step's)
     dpljax predict RUN_DIR DATA [--start --end ...] run a trained dPL model on other basins or
                                                     periods (no streamflow needed): predictions.zarr
     dpljax data camels-us SOURCE_DIR OUT.zarr       convert the official CAMELS-US layout
@@ -77,9 +78,16 @@ def _evaluate(argv):
     p = argparse.ArgumentParser(prog="dpljax evaluate", description="Re-run a saved model on its "
                                 "test period and recompute its metrics (written to RUN_DIR/evaluation).")
     p.add_argument("run_dir")
+    p.add_argument("--which", choices=("written", "last"), default="written",
+                   help="written (default): the model the run wrote, weights.npz (the best state under "
+                        "validation, the moving average under train.ema); last: the parameters of its last "
+                        "training step (checkpoints/last.npz), scored into RUN_DIR/evaluation_last")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
+    only_dpl = "--which last applies to a single dPL training run, not to a {}"
     if (run_dir / "pub.json").exists():
+        if args.which != "written":
+            p.error(only_dpl.format("PUB cross-validation (evaluate a fold's directory)"))
         from .evaluate import evaluate_pub
 
         evaluate_pub(run_dir)
@@ -88,13 +96,15 @@ def _evaluate(argv):
 
     config = check_finished_run(run_dir)  # refuses an unfinished or inconsistent run directory
     if config.get("calibrate"):
+        if args.which != "written":
+            p.error(only_dpl.format("calibration"))
         from .calibrate.runner import evaluate_calibration
 
         evaluate_calibration(run_dir)
         return
     from .evaluate import evaluate_run
 
-    evaluate_run(run_dir)
+    evaluate_run(run_dir, which=args.which)
 
 
 def _predict(argv):

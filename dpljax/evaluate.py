@@ -232,17 +232,21 @@ def median_line(summary: dict, what: str = "test") -> str:
     return f"median {what} NSE: {m:.4f}"
 
 
-def load_trained(run_dir: str | Path):
-    """A finished dPL run's model: ``(experiment, normalizer, graphdef, network state)``,
-    after :func:`~dpljax.rundir.check_finished_run` found its files consistent."""
-    run_dir = Path(run_dir)
-    config = check_finished_run(run_dir)
-    from .experiment import build
+#: What ``dpljax evaluate --which`` scores: the model the run wrote (``weights.npz``: the best
+#: state under validation, the moving average under ``train.ema``, else the last step), or
+#: the last iterate (the parameters of the last step, ``checkpoints/last.npz``).
+WHICH = ("written", "last")
 
-    exp = build(config)
-    norm = Normalizer.from_json(run_dir / "normalizer.json")
-    net = exp.make_net(len(norm.dynamic), len(norm.static))
-    graphdef, like = nnx.split(net)
+
+def load_trained(run_dir: str | Path, which: str = "written"):
+    """A finished dPL run's model: ``(experiment, normalizer, graphdef, network state)``,
+    after :func:`~dpljax.rundir.check_finished_run` found its files consistent; ``which``:
+    one of :data:`WHICH`."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {list(WHICH)}, got {which!r}")
+    exp, norm, graphdef, like = _untrained(run_dir)
+    if which == "last":
+        return exp, norm, graphdef, last_iterate(run_dir, exp, like)[0]
     try:
         state, _ = load_checkpoint(run_dir / "weights.npz", like)
     except ValueError as e:
@@ -250,23 +254,66 @@ def load_trained(run_dir: str | Path):
     return exp, norm, graphdef, state
 
 
-def evaluate_run(run_dir: str | Path, write: bool = True, log=print) -> dict:
+def _untrained(run_dir: str | Path):
+    """``(experiment, normalizer, graphdef, initial network state)`` of a finished run."""
+    run_dir = Path(run_dir)
+    config = check_finished_run(run_dir)
+    from .experiment import build
+
+    exp = build(config)
+    norm = Normalizer.from_json(run_dir / "normalizer.json")
+    graphdef, like = nnx.split(exp.make_net(len(norm.dynamic), len(norm.static)))
+    return exp, norm, graphdef, like
+
+
+def last_iterate(run_dir: str | Path, exp: "Experiment", like):
+    """``(parameters, step)`` of a run's last training step: ``theta`` of the training state
+    in ``run_dir/checkpoints/last.npz`` (read on the structure of ``like``, the network's
+    state, and of the experiment's optimiser and ``train.ema``)."""
+    import optax
+
+    from .checkpoint import load_training
+    from .train import TrainState, make_optimizer
+
+    last = Path(run_dir) / "checkpoints" / "last.npz"
+    if not last.exists():
+        raise RunDirError(f"{last} is missing: the run's last iterate lives there (weights.npz holds only "
+                          "the model the run wrote; evaluate that without --which last)")
+    tx = exp.tx if isinstance(exp.tx, optax.GradientTransformation) else exp.tx(1)  # a schedule: any length
+    fresh = TrainState.create(like, make_optimizer(tx, exp.train.clip_grad_norm), ema=exp.train.ema is not None)
+    try:
+        state, _, meta = load_training(last, fresh, like)
+    except ValueError as e:
+        raise RunDirError(f"{e}; does config.yaml still describe the network and optimiser the run "
+                          "trained?") from None
+    return state.theta, meta.step
+
+
+def evaluate_run(run_dir: str | Path, write: bool = True, log=print, which: str = "written") -> dict:
     """Re-run a saved model on its test period and recompute its metrics from scratch.
+    ``which="last"``: the run's last iterate instead of the model it wrote (:data:`WHICH`),
+    written to ``evaluation_last/``, its summary naming it and its step.
 
     The run directory is locked while it is written to, and refused (with
     :class:`~dpljax.rundir.RunDirError` naming the problem) when its files disagree: an
     unfinished run, missing or corrupt weights, an edited ``config.yaml``."""
     run_dir = Path(run_dir)
-    exp, norm, graphdef, state = load_trained(run_dir)
+    extra = {}
+    if which == "last":
+        exp, norm, graphdef, like = _untrained(run_dir)
+        state, step = last_iterate(run_dir, exp, like)
+        extra = {"which": "last iterate (checkpoints/last.npz)", "step": step}
+    else:
+        exp, norm, graphdef, state = load_trained(run_dir, which)
     ds = load_test_data(exp, log=log)
     with run_lock(run_dir):
-        out = run_dir / "evaluation" if write else run_dir
+        out = run_dir / ("evaluation" if which == "written" else "evaluation_last") if write else run_dir
         out.mkdir(exist_ok=True)
         table = evaluate_period(exp, ds, norm, graphdef, state, exp.data.test, out, write=write)
-        summary = summarise(table)
+        summary = summarise(table, **extra)
         if write:
             write_json(out / "summary.json", summary)
-    log(median_line(summary))
+    log(median_line(summary, "test" if which == "written" else "test (last iterate)"))
     return summary
 
 

@@ -106,24 +106,39 @@ def test_bad_decay_is_refused_by_name(bad):
 
 
 def test_experiment_writes_the_average_and_evaluate_reproduces_it(tmp_path):
-    """weights.npz is the moving average kept in the last checkpoint (sum / weight, the
-    checkpoint's last arrays), not the last iterate; ``dpljax evaluate`` scores it again."""
+    """weights.npz is the moving average kept in the last checkpoint (sum / weight), not the
+    last iterate; ``dpljax evaluate`` scores it again. ``--which last`` scores the last iterate
+    into evaluation_last/: the parameters of the same run without the average (whose
+    weights.npz is its last step), bit for bit, and their median NSE."""
+    import json
+
+    import optax
     from conftest import small_config
-    from dpljax.checkpoint import read_checkpoint_meta
-    from dpljax.evaluate import evaluate_run, load_trained
+    from dpljax.checkpoint import load_training, read_checkpoint_meta
+    from dpljax.cli import main
+    from dpljax.evaluate import _untrained, evaluate_run, last_iterate, load_trained
     from dpljax.experiment import run_experiment
 
-    cfg = small_config(train={"epochs": 2, "iters_per_epoch": 5, "batch_basins": 4, "window": 120,
-                              "warmup": 120, "ema": 0.9})
-    summary = run_experiment(cfg, tmp_path, log=lambda *a: None)
-    assert read_checkpoint_meta(tmp_path / "weights.npz")["which"] == "last (moving average)"
-    _, _, _, written = load_trained(tmp_path)
-    with np.load(tmp_path / "checkpoints" / "last.npz") as z:  # (state, best=None): avg.sum, avg.weight last
-        arrays = [z[f"leaf_{i}"] for i in range(sum(k.startswith("leaf_") for k in z.files))]
-    n = len(leaves(written))
-    avg_sum, avg_weight, theta_last = arrays[-n - 1:-1], arrays[-1], arrays[1:1 + n]
-    for w, x in zip(leaves(written), avg_sum):
-        np.testing.assert_allclose(w, x / avg_weight, rtol=1e-6, atol=1e-9)
-    assert max(float(np.max(np.abs(w - t))) for w, t in zip(leaves(written), theta_last)) > 1e-4
-    again = evaluate_run(tmp_path, write=False, log=lambda *a: None)
+    train = {"epochs": 2, "iters_per_epoch": 5, "batch_basins": 4, "window": 120, "warmup": 120}
+    run, plain = tmp_path / "ema", tmp_path / "plain"
+    summary = run_experiment(small_config(train={**train, "ema": 0.9}), run, log=lambda *a: None)
+    plain_summary = run_experiment(small_config(train=train), plain, log=lambda *a: None)
+    assert read_checkpoint_meta(run / "weights.npz")["which"] == "last (moving average)"
+    exp, _, _, written = load_trained(run)
+    like = _untrained(run)[3]
+    fresh = TrainState.create(like, exp.tx if isinstance(exp.tx, optax.GradientTransformation) else exp.tx(1),
+                              ema=True)
+    state, _, _ = load_training(run / "checkpoints" / "last.npz", fresh, like)
+    for w, x in zip(leaves(written), leaves(state.avg.sum)):
+        np.testing.assert_allclose(w, x / state.avg.weight, rtol=1e-6, atol=1e-9)
+    theta_last, step = last_iterate(run, exp, like)
+    _, _, _, plain_last = load_trained(plain)
+    assert step == 10 and same(theta_last, plain_last)
+    assert max(float(np.max(np.abs(w - t))) for w, t in zip(leaves(written), leaves(theta_last))) > 1e-4
+    again = evaluate_run(run, write=False, log=lambda *a: None)
     assert abs(again["median_nse"] - summary["median_nse"]) < 1e-6
+    assert main(["evaluate", str(run), "--which", "last"]) is None
+    last = json.loads((run / "evaluation_last" / "summary.json").read_text())
+    assert last["which"].startswith("last iterate") and last["step"] == 10
+    assert abs(last["median_nse"] - plain_summary["median_nse"]) < 1e-6 and last["median_nse"] != summary["median_nse"]
+    assert not (run / "evaluation").exists()  # the written model's evaluation is another folder

@@ -492,8 +492,11 @@ def test_store_faults_name_the_file_or_variable_and_what_to_do(sample, store, tm
 def test_evaluate_and_data_commands_end_in_a_message_not_a_traceback(finished, tmp_path):
     unfinished = copy_run(finished[0], tmp_path / "unfinished")
     (unfinished / "summary.json").unlink()
+    no_last = copy_run(finished[0], tmp_path / "no_last")
+    (no_last / "checkpoints" / "last.npz").unlink()
     cases = [(["evaluate", str(tmp_path / "nowhere")], r"RunDirError: .*nowhere is not a directory"),
              (["evaluate", str(unfinished)], r"holds a run that never finished"),
+             (["evaluate", str(no_last), "--which", "last"], r"RunDirError: .*last.npz is missing: the run's last"),
              (["data", "camels-us", str(tmp_path / "nowhere"), str(tmp_path / "o.zarr")],
               r"FileNotFoundError: CAMELS source folder .*nowhere does not exist")]
     for args, regex in cases:
