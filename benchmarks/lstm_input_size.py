@@ -29,10 +29,11 @@ def main(repeats: int = 10) -> dict:
                            "(LSTM hidden, net.input_size)", OUT, repeats)
 
 
-def time_lstm_steps(cases: dict, ref: str, what: str, out: Path, repeats: int = 10) -> dict:
+def time_lstm_steps(cases: dict, ref: str, what: str, out: Path, repeats: int = 10, extra: dict | None = None) -> dict:
     """Time the jitted train step of camels671_temporal_1h's set-up for each case (a name and
     the keywords of :class:`~dpljax.nets.LSTMMLP` it sets), all compiled in one process and
-    timed interleaved; each median also relative to the case ``ref``. Written to ``out``."""
+    timed interleaved; each median also relative to the case ``ref``. Written to ``out``,
+    with the fields of ``extra``."""
     import jax
 
     from dpljax.parallel import use_host_devices
@@ -54,7 +55,8 @@ def time_lstm_steps(cases: dict, ref: str, what: str, out: Path, repeats: int = 
               "shape": f"{b} basins x ({warm} forward-only + {win}) days, HBV capillary, nmul=16, dynamic "
                        "beta/betaet/k0, net=lstm_mlp stride 7 + MLP [512, 512], dropout 0.5, Adam, RMSE-combined, "
                        "2 host devices",
-              "repeats_each": repeats, "load_before": _busy(), "probe_before": _probe({}), "cases": {}}
+              "repeats_each": repeats, "load_before": _busy(), "probe_before": _probe({}), **(extra or {}),
+              "cases": {}}
     t_all = time.perf_counter()
     runs = {}
     for name, kw in cases.items():

@@ -36,15 +36,11 @@ def cpu_flags() -> list[str]:
 
 
 def main(repeats: int = 10) -> dict:
-    import json
-
     from benchmarks.lstm_input_size import time_lstm_steps
 
-    rec = time_lstm_steps(CASES, "h384_float32", "jitted train step of camels671_temporal_1h's set-up, "
-                          "net.compute_dtype null (float32) vs bfloat16 (mixed precision)", OUT, repeats)
-    rec["cpu_flags"] = cpu_flags()
-    OUT.write_text(json.dumps(rec, indent=1) + "\n")
-    return rec
+    return time_lstm_steps(CASES, "h384_float32", "jitted train step of camels671_temporal_1h's set-up, "
+                           "net.compute_dtype null (float32) vs bfloat16 (mixed precision)", OUT, repeats,
+                           extra={"cpu_flags": cpu_flags()})
 
 
 if __name__ == "__main__":

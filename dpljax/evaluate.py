@@ -238,17 +238,12 @@ def median_line(summary: dict, what: str = "test") -> str:
 WHICH = ("written", "last")
 
 
-def load_trained(run_dir: str | Path, which: str = "written"):
+def load_trained(run_dir: str | Path):
     """A finished dPL run's model: ``(experiment, normalizer, graphdef, network state)``,
-    after :func:`~dpljax.rundir.check_finished_run` found its files consistent; ``which``:
-    one of :data:`WHICH`."""
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {list(WHICH)}, got {which!r}")
+    after :func:`~dpljax.rundir.check_finished_run` found its files consistent."""
     exp, norm, graphdef, like = _untrained(run_dir)
-    if which == "last":
-        return exp, norm, graphdef, last_iterate(run_dir, exp, like)[0]
     try:
-        state, _ = load_checkpoint(run_dir / "weights.npz", like)
+        state, _ = load_checkpoint(Path(run_dir) / "weights.npz", like)
     except ValueError as e:
         raise RunDirError(f"{e}; does config.yaml still describe the network the run trained?") from None
     return exp, norm, graphdef, state
@@ -266,10 +261,10 @@ def _untrained(run_dir: str | Path):
     return exp, norm, graphdef, like
 
 
-def last_iterate(run_dir: str | Path, exp: "Experiment", like):
-    """``(parameters, step)`` of a run's last training step: ``theta`` of the training state
-    in ``run_dir/checkpoints/last.npz`` (read on the structure of ``like``, the network's
-    state, and of the experiment's optimiser and ``train.ema``)."""
+def last_training_state(run_dir: str | Path, exp: "Experiment", like):
+    """``(TrainState, step)`` of a run's last checkpoint, ``run_dir/checkpoints/last.npz``
+    (read on the structure of ``like``, the network's state, and of the experiment's
+    optimiser and ``train.ema``); its ``theta`` is the run's last iterate."""
     import optax
 
     from .checkpoint import load_training
@@ -286,7 +281,7 @@ def last_iterate(run_dir: str | Path, exp: "Experiment", like):
     except ValueError as e:
         raise RunDirError(f"{e}; does config.yaml still describe the network and optimiser the run "
                           "trained?") from None
-    return state.theta, meta.step
+    return state, meta.step
 
 
 def evaluate_run(run_dir: str | Path, write: bool = True, log=print, which: str = "written") -> dict:
@@ -297,14 +292,17 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print, which: str 
     The run directory is locked while it is written to, and refused (with
     :class:`~dpljax.rundir.RunDirError` naming the problem) when its files disagree: an
     unfinished run, missing or corrupt weights, an edited ``config.yaml``."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {list(WHICH)}, got {which!r}")
     run_dir = Path(run_dir)
     extra = {}
     if which == "last":
         exp, norm, graphdef, like = _untrained(run_dir)
-        state, step = last_iterate(run_dir, exp, like)
+        last, step = last_training_state(run_dir, exp, like)
+        state = last.theta
         extra = {"which": "last iterate (checkpoints/last.npz)", "step": step}
     else:
-        exp, norm, graphdef, state = load_trained(run_dir, which)
+        exp, norm, graphdef, state = load_trained(run_dir)
     ds = load_test_data(exp, log=log)
     with run_lock(run_dir):
         out = run_dir / ("evaluation" if which == "written" else "evaluation_last") if write else run_dir

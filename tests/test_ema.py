@@ -112,11 +112,10 @@ def test_experiment_writes_the_average_and_evaluate_reproduces_it(tmp_path):
     weights.npz is its last step), bit for bit, and their median NSE."""
     import json
 
-    import optax
     from conftest import small_config
-    from dpljax.checkpoint import load_training, read_checkpoint_meta
+    from dpljax.checkpoint import read_checkpoint_meta
     from dpljax.cli import main
-    from dpljax.evaluate import _untrained, evaluate_run, last_iterate, load_trained
+    from dpljax.evaluate import _untrained, evaluate_run, last_training_state, load_trained
     from dpljax.experiment import run_experiment
 
     train = {"epochs": 2, "iters_per_epoch": 5, "batch_basins": 4, "window": 120, "warmup": 120}
@@ -125,13 +124,10 @@ def test_experiment_writes_the_average_and_evaluate_reproduces_it(tmp_path):
     plain_summary = run_experiment(small_config(train=train), plain, log=lambda *a: None)
     assert read_checkpoint_meta(run / "weights.npz")["which"] == "last (moving average)"
     exp, _, _, written = load_trained(run)
-    like = _untrained(run)[3]
-    fresh = TrainState.create(like, exp.tx if isinstance(exp.tx, optax.GradientTransformation) else exp.tx(1),
-                              ema=True)
-    state, _, _ = load_training(run / "checkpoints" / "last.npz", fresh, like)
+    state, step = last_training_state(run, exp, _untrained(run)[3])
     for w, x in zip(leaves(written), leaves(state.avg.sum)):
         np.testing.assert_allclose(w, x / state.avg.weight, rtol=1e-6, atol=1e-9)
-    theta_last, step = last_iterate(run, exp, like)
+    theta_last = state.theta
     _, _, _, plain_last = load_trained(plain)
     assert step == 10 and same(theta_last, plain_last)
     assert max(float(np.max(np.abs(w - t))) for w, t in zip(leaves(written), leaves(theta_last))) > 1e-4
