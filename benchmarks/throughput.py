@@ -615,7 +615,7 @@ def _hbv_op_counts() -> dict:
     x = Forcing(z, z, z)
     n_jaxpr = lambda jx: sum(1 for e in jx.jaxpr.eqns if e.primitive.name in _ARITH)
     step_ops = n_jaxpr(jax.make_jaxpr(lambda p, s, x: hbv.step(p, s, x))(p, s, x))
-    fl = hbv.HBVFluxes(z, None, None, None, None)
+    fl = hbv.HBVFluxes(z, None, None, None, None, None)
     adj_ops = n_jaxpr(jax.make_jaxpr(lambda p, s, x, g: _step_vjp(
         p, s, x, g, fl, capillary=False, smooth_phase=0.0, need_x=False))(p, s, x, s))
     # The compiled program: elementwise ops inside the fusions of each while-loop body.

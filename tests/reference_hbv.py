@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-FLUXES = ("q", "q0", "q1", "q2", "et")
+FLUXES = ("q", "q0", "q1", "q2", "et", "prcp_in")
 STATES = ("snowpack", "meltwater", "sm", "suz", "slz")
 INITIAL = 0.001  # mm, every store
 SM_FLOOR = 1e-5  # mm, soil moisture after ET
@@ -55,12 +55,14 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-def reference_hbv(p, prcp, tmean, pet, state=None, capillary=False, smooth_phase=0.0) -> Reference:
+def reference_hbv(p, prcp, tmean, pet, state=None, capillary=False, smooth_phase=0.0,
+                  precip_correction=False) -> Reference:
     """Run HBV over the days of ``prcp, tmean, pet`` (sequences of floats).
 
     ``p`` maps each parameter name to a scalar or to a sequence with one value per day;
     ``state`` is the initial ``(snowpack, meltwater, sm, suz, slz)`` (all 0.001 mm if None);
-    ``smooth_phase > 0`` splits rain and snow by a logistic of that width (degC) around tt.
+    ``smooth_phase > 0`` splits rain and snow by a logistic of that width (degC) around tt;
+    ``precip_correction`` multiplies rain by ``rfcf`` and snow by ``sfcf`` (HBV-96).
     """
     n = len(prcp)
     prcp, tmean, pet = (np.asarray(a, np.float64).tolist() for a in (prcp, tmean, pet))
@@ -85,6 +87,9 @@ def reference_hbv(p, prcp, tmean, pet, state=None, capillary=False, smooth_phase
         else:
             rain = prcp[t] if tmean[t] >= tt else 0.0
         snow = prcp[t] - rain
+        if precip_correction:
+            rain, snow = rain * P["rfcf"], snow * P["sfcf"]
+        out["prcp_in"][t] = rain + snow
         fired("rain", rain > 0)
         fired("snow", snow > 0)
         # 2. snow

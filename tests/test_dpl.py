@@ -24,12 +24,15 @@ def _batch(sample, n_days=240, dtype=np.float64):
     return x_dyn, x_static, forcing, sub.streamflow.values.astype(dtype)
 
 
-@pytest.mark.parametrize("net_cls,dynamic", [(MLP, ()), (LSTM, ("beta", "betaet"))])
-def test_grad_wrt_network_matches_finite_differences(sample, net_cls, dynamic):
+@pytest.mark.parametrize("net_cls,dynamic,opts", [
+    (MLP, (), {}), (LSTM, ("beta", "betaet"), {}),
+    (LSTM, ("beta", "sfcf"), {"capillary": True, "precip_correction": True})])
+def test_grad_wrt_network_matches_finite_differences(sample, net_cls, dynamic, opts):
     with jax.enable_x64(True):
         x_dyn, x_static, forcing, obs = _batch(sample)
-        space = ParameterSpace(HBV().bounds, nmul=2, dynamic=dynamic, routing_bounds=RB)
-        dpl = DPL(HBV(), space)
+        model = HBV(**opts)
+        space = ParameterSpace(model.bounds, nmul=2, dynamic=dynamic, routing_bounds=RB)
+        dpl = DPL(model, space)
         kw = {"hidden": [8]} if net_cls is MLP else {"hidden": 6, "dropout": 0.0}
         net = net_cls(3, 5, space.n_outputs, param_dtype=jnp.float64, rngs=nnx.Rngs(0), **kw)
         graphdef, state = nnx.split(net)

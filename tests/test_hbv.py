@@ -11,21 +11,29 @@ from reference_hbv import reference_hbv  # tests/reference_hbv.py: plain Python,
 NAMES = hbv.PARAM_NAMES
 
 
-def random_params(rng, n=None, capillary=False):
-    bounds = dict(hbv.BOUNDS, **(hbv.CAPILLARY_BOUNDS if capillary else {}))
+def random_params(rng, n=None, capillary=False, precip=False):
+    bounds = dict(hbv.BOUNDS, **(hbv.CAPILLARY_BOUNDS if capillary else {}),
+                  **(hbv.PRECIP_BOUNDS if precip else {}))
     shape = () if n is None else (n,)
     return {k: rng.uniform(lo, hi, shape) for k, (lo, hi) in bounds.items()}
 
 
-@pytest.mark.parametrize("capillary", [False, True])
-def test_matches_plain_python_reference(forcing10y, capillary):
+VARIANTS = {"plain": {}, "capillary": {"capillary": True},
+            "precip_correction": {"capillary": True, "precip_correction": True}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_plain_python_reference(forcing10y, variant):
     prcp, tmean, pet = (a[6, :730] for a in forcing10y)  # 09081600: snowmelt-dominated
+    opts = VARIANTS[variant]
     rng = np.random.default_rng(1)
     with jax.enable_x64(True):
         for _ in range(3):
-            p = random_params(rng, capillary=capillary)
-            ref, ref_state, _ = reference_hbv(p, prcp, tmean, pet, capillary=capillary)
-            out = hbv.run(p, prcp, tmean, pet, capillary=capillary)
+            p = random_params(rng, capillary=opts.get("capillary", False),
+                              precip=opts.get("precip_correction", False))
+            ref, ref_state, _ = reference_hbv(p, prcp, tmean, pet, **opts)
+            out = hbv.run(p, prcp, tmean, pet, **opts)
+            assert set(ref) == set(out.fluxes._fields)
             for k in ref:
                 np.testing.assert_allclose(np.asarray(out.fluxes[k]), ref[k], rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(np.asarray(out.state), ref_state, rtol=1e-9, atol=1e-12)
@@ -54,17 +62,26 @@ def test_hand_computed_first_day():
     np.testing.assert_allclose(float(out.state.sm), sm - et, rtol=1e-12)
 
 
-@pytest.mark.parametrize("capillary", [False, True])
-def test_water_balance_closes_over_ten_years(forcing10y, capillary):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_water_balance_closes_over_ten_years(forcing10y, variant):
     prcp, tmean, pet = forcing10y
+    opts = VARIANTS[variant]
+    precip = opts.get("precip_correction", False)
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
-        run = jax.jit(jax.vmap(lambda p, a, b, c: hbv.run(p, a, b, c, capillary=capillary)))
+        run = jax.jit(jax.vmap(lambda p, a, b, c: hbv.run(p, a, b, c, **opts)))
         for _ in range(4):
-            p = random_params(rng, prcp.shape[0], capillary)
+            p = random_params(rng, prcp.shape[0], opts.get("capillary", False), precip)
             fluxes, state = run(p, prcp, tmean, pet)
             storage_change = sum(np.asarray(s) for s in state) - 5 * hbv.INITIAL_STORAGE
-            water_in = prcp.sum(axis=1)
+            if precip:  # rain (tmean >= tt) scaled by rfcf, snow by sfcf: computed here
+                rain = tmean >= p["tt"][:, None]
+                factor = np.where(rain, p["rfcf"][:, None], p["sfcf"][:, None])
+                water_in = (prcp * factor).sum(axis=1)
+                assert abs(water_in - prcp.sum(axis=1)).min() > 1.0  # the correction acts
+                np.testing.assert_allclose(np.asarray(fluxes.prcp_in).sum(1), water_in, rtol=1e-9)
+            else:
+                water_in = prcp.sum(axis=1)
             water_out = np.asarray(fluxes.et).sum(1) + np.asarray(fluxes.q).sum(1) + storage_change
             assert prcp.shape[1] >= 3652
             np.testing.assert_allclose(water_out, water_in, rtol=1e-6)
@@ -177,6 +194,7 @@ def test_output_access_styles(forcing10y):
     out = hbv.run(p, prcp, tmean, pet)
     fluxes, state = out
     assert out.q is fluxes.q and out["q"] is fluxes["q"]
-    assert set(fluxes._fields) == {"q", "q0", "q1", "q2", "et"}
+    assert set(fluxes._fields) == {"q", "q0", "q1", "q2", "et", "prcp_in"}
+    np.testing.assert_array_equal(fluxes.prcp_in, prcp)  # no correction: the forcing itself
     np.testing.assert_allclose(fluxes.q, fluxes.q0 + fluxes.q1 + fluxes.q2, rtol=1e-6)
     assert state.sm.shape == ()

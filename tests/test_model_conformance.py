@@ -15,7 +15,8 @@ from dpljax.models import ADJOINTS, MODELS, base
 from dpljax.surrogate import Surrogate
 from dpljax.surrogate.emulator import EmulatorSpec
 
-VARIANTS = {"hbv": [{}, {"capillary": True}, {"smooth_phase": 0.5}],
+VARIANTS = {"hbv": [{}, {"capillary": True}, {"smooth_phase": 0.5},
+                    {"precip_correction": True, "smooth_phase": 0.5}],
             "gr4j": [{}, {"snow": True}],
             "surrogate": [{}, {"output": "sm1"}]}
 

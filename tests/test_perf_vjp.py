@@ -11,8 +11,9 @@ from dpljax.models.hbv import Forcing
 from dpljax.nets import lstm as lstm_mod
 
 
-def _params(rng, capillary, n_t=None, corner=None):
-    bounds = dict(hbv.BOUNDS, **(hbv.CAPILLARY_BOUNDS if capillary else {}))
+def _params(rng, capillary, n_t=None, corner=None, precip=False):
+    bounds = dict(hbv.BOUNDS, **(hbv.CAPILLARY_BOUNDS if capillary else {}),
+                  **(hbv.PRECIP_BOUNDS if precip else {}))
     if corner is not None:
         p = {k: (lo, hi)[corner if corner in (0, 1) else rng.integers(2)] for k, (lo, hi) in bounds.items()}
     else:
@@ -21,24 +22,28 @@ def _params(rng, capillary, n_t=None, corner=None):
         wave = 1 + 0.1 * np.sin(np.arange(n_t) / 30.0)
         p["beta"] = np.clip(p["beta"] * wave, 1.0, 6.0)
         p["k0"] = np.clip(p["k0"] * wave, 0.05, 0.9)
+        if precip:
+            p["sfcf"] = np.clip(p["sfcf"] * wave, 0.5, 1.5)
     return p
 
 
 @functools.lru_cache(maxsize=None)
-def _loss(remat, capillary, smooth_phase):
+def _loss(remat, capillary, smooth_phase, precip=False):
     def f(p, prcp, tmean, pet, s0):
         out = hbv.run(p, prcp, tmean, pet, s0, capillary=capillary, smooth_phase=smooth_phase,
-                      remat=remat)
+                      precip_correction=precip, remat=remat)
         return (jnp.sum(out.q ** 2) + 0.3 * jnp.sum(out.et) + 0.1 * jnp.sum(out.q0)
-                - 0.2 * jnp.sum(out.q2) + sum(jnp.sum(s * (i + 1)) for i, s in enumerate(out.state)))
+                - 0.2 * jnp.sum(out.q2) + 0.05 * jnp.sum(out.prcp_in * jnp.cos(tmean))
+                + sum(jnp.sum(s * (i + 1)) for i, s in enumerate(out.state)))
 
     return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3, 4)))
 
 
-def _compare(p, prcp, tmean, pet, capillary, smooth_phase):
+def _compare(p, prcp, tmean, pet, capillary, smooth_phase, precip=False):
     s0 = hbv.HBVState(*(np.float64(v) for v in (1.0, 0.5, 80.0, 5.0, 20.0)))
-    ref = _loss(False, capillary, smooth_phase)(p, prcp, tmean, pet, s0)
-    got = _loss(True, capillary, smooth_phase)(p, prcp, tmean, pet, s0)
+    ref = _loss(False, capillary, smooth_phase, precip)(p, prcp, tmean, pet, s0)
+    got = _loss(True, capillary, smooth_phase, precip)(p, prcp, tmean, pet, s0)
+    assert set(p) <= set(got[0]) and set(got[0]) == set(ref[0])
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got)):
         a, b = np.asarray(a), np.asarray(b)
         assert np.all(np.isfinite(b)), jax.tree_util.keystr(path)
@@ -56,6 +61,20 @@ def test_hbv_adjoint_equals_autodiff(forcing10y, capillary, smooth_phase, dynami
         for _ in range(2):
             _compare(_params(rng, capillary, 400 if dynamic else None), prcp, tmean, pet,
                      capillary, smooth_phase)
+
+
+@pytest.mark.parametrize("smooth_phase", [0.0, 0.5])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_hbv_adjoint_equals_autodiff_with_precip_correction(forcing10y, smooth_phase, dynamic):
+    """The precipitation-correction variant (with capillary rise): gradients w.r.t. rfcf and
+    sfcf (sfcf time-varying in the dynamic case), the forcing (prcp's and, through the phase,
+    tmean's, which reach rfcf and sfcf) and the corrected-precipitation flux ``prcp_in``."""
+    prcp, tmean, pet = (a[6, :400] for a in forcing10y)  # snowmelt-dominated basin
+    rng = np.random.default_rng(15)
+    with jax.enable_x64(True):
+        for _ in range(2):
+            _compare(_params(rng, True, 400 if dynamic else None, precip=True), prcp, tmean, pet,
+                     True, smooth_phase, True)
 
 
 @pytest.mark.parametrize("case", ["zero_prcp", "all_snow", "dry_soil", "wet"])

@@ -21,25 +21,27 @@ def within(lo, hi):
 
 
 params_st = st.fixed_dictionaries({k: within(lo, hi) for k, (lo, hi) in
-                                   {**hbv.BOUNDS, **hbv.CAPILLARY_BOUNDS}.items()})
+                                   {**hbv.BOUNDS, **hbv.CAPILLARY_BOUNDS,
+                                    **hbv.PRECIP_BOUNDS}.items()})
 state_st = st.fixed_dictionaries({k: within(0.0, hi) for k, hi in STORES.items()})
 forcing_st = st.tuples(within(0.0, 300.0), within(-50.0, 50.0), within(0.0, 30.0))
 
 
-def _day(p, s, x, capillary):
-    new, f = hbv.step(hbv.HBVParams(**p), hbv.HBVState(**s), Forcing(*x), capillary=capillary)
+def _day(p, s, x, capillary, precip=False):
+    new, f = hbv.step(hbv.HBVParams(**p), hbv.HBVState(**s), Forcing(*x), capillary=capillary,
+                      precip_correction=precip)
     return new, f
 
 
-_day_jit = jax.jit(_day, static_argnums=3)
+_day_jit = jax.jit(_day, static_argnums=(3, 4))
 
 
 @jax.jit
 def _day_grads(p, s, x):
     def total(p, s, x):
-        new, f = _day(p, s, x, True)
-        w = jnp.arange(1.0, 6.0)  # distinct weights, so no cancellation hides a NaN
-        return jnp.sum(w * jnp.stack(list(new))) + jnp.sum(w * jnp.stack(list(f)))
+        new, f = _day(p, s, x, True, True)
+        w = jnp.arange(1.0, 7.0)  # distinct weights, so no cancellation hides a NaN
+        return jnp.sum(w[:5] * jnp.stack(list(new))) + jnp.sum(w * jnp.stack(list(f)))
 
     return jax.grad(total, argnums=(0, 1, 2))(p, s, x)
 
@@ -49,12 +51,14 @@ def _f64(tree):
 
 
 @SETTINGS
-@given(p=params_st, s=state_st, x=forcing_st, capillary=st.booleans())
-def test_one_day_conserves_water_and_stays_non_negative(p, s, x, capillary):
+@given(p=params_st, s=state_st, x=forcing_st, capillary=st.booleans(), precip=st.booleans())
+def test_one_day_conserves_water_and_stays_non_negative(p, s, x, capillary, precip):
     if not capillary:
         p = {**p, "c": 0.0}
+    if not precip:
+        p = {**p, "rfcf": 1.0, "sfcf": 1.0}
     with jax.enable_x64(True):
-        new, f = _day_jit(_f64(p), _f64(s), _f64(x), capillary)
+        new, f = _day_jit(_f64(p), _f64(s), _f64(x), capillary, precip)
         new = {k: float(v) for k, v in new._asdict().items()}
         f = {k: float(v) for k, v in f._asdict().items()}
     for k, v in {**new, **f}.items():
@@ -62,8 +66,10 @@ def test_one_day_conserves_water_and_stays_non_negative(p, s, x, capillary):
     assert new["sm"] >= hbv.SM_FLOOR * (1 - 1e-12)
     assert abs(f["q"] - (f["q0"] + f["q1"] + f["q2"])) <= 1e-12 * (1 + f["q"])
     storage_in, storage_out = sum(s.values()), sum(new.values())
-    residual = x[0] - f["q"] - f["et"] - (storage_out - storage_in)  # prcp = q + et + change
-    tol = 1e-11 * (1.0 + storage_in + x[0])
+    water_in = x[0] * (p["rfcf"] if x[1] >= p["tt"] else p["sfcf"])  # rain or snow, corrected
+    assert abs(f["prcp_in"] - water_in) <= 1e-12 * (1.0 + water_in)
+    residual = water_in - f["q"] - f["et"] - (storage_out - storage_in)  # in = q + et + change
+    tol = 1e-11 * (1.0 + storage_in + water_in)
     # The only source of water is the floor that keeps sm >= 1e-5 mm after ET.
     assert -hbv.SM_FLOOR - tol <= residual <= tol, residual
 

@@ -10,7 +10,8 @@ Units: storages and fluxes in mm (per day), temperature in degC. The equations, 
 they are applied each day, are those of the project's design notes (DESIGN.md, "HBV as this
 project implements it"):
 
-1. phase: ``rain = prcp if tmean >= tt else 0``; ``snow = prcp - rain``
+1. phase: ``rain = prcp if tmean >= tt else 0``; ``snow = prcp - rain``; (optional
+   precipitation correction, HBV-96's ``rfcf`` and ``sfcf``) ``rain *= rfcf``, ``snow *= sfcf``
 2. snow: degree-day melt ``min(max(cfmax (tmean - tt), 0), snowpack)``; refreezing
    ``min(max(cfr cfmax (tt - tmean), 0), meltwater)``; liquid water beyond
    ``cwh * snowpack`` leaves the pack as ``tosoil``
@@ -63,16 +64,25 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 #: Extra parameter of the capillary-rise variant.
 CAPILLARY_BOUNDS: dict[str, tuple[float, float]] = {"c": (0.0, 1.0)}
+#: Extra parameters of the precipitation-correction variant (HBV-96, Lindstroem et al. 1997):
+#: rainfall and snowfall correction factors, for gauge undercatch and for a forcing whose
+#: precipitation is biased over the basin (Daymet's, in mountains and snowy basins).
+PRECIP_BOUNDS: dict[str, tuple[float, float]] = {
+    "rfcf": (0.5, 1.5),       # rainfall correction factor (-)
+    "sfcf": (0.5, 1.5),       # snowfall correction factor (-)
+}
 
 PARAM_NAMES: tuple[str, ...] = tuple(BOUNDS)
 STATE_NAMES: tuple[str, ...] = ("snowpack", "meltwater", "sm", "suz", "slz")
-FLUX_NAMES: tuple[str, ...] = ("q", "q0", "q1", "q2", "et")
+FLUX_NAMES: tuple[str, ...] = ("q", "q0", "q1", "q2", "et", "prcp_in")
 INITIAL_STORAGE = 0.001  # mm, every store, when not warmed up
 SM_FLOOR = 1e-5  # mm, soil moisture after ET
 
 
-class HBVParams(KeyedTuple, namedtuple("_HBVParams", PARAM_NAMES + ("c",), defaults=(0.0,))):
-    """The 13 HBV parameters (plus ``c`` of the capillary variant), physical units."""
+class HBVParams(KeyedTuple, namedtuple("_HBVParams", PARAM_NAMES + ("c", "rfcf", "sfcf"),
+                                        defaults=(0.0, 1.0, 1.0))):
+    """The 13 HBV parameters (plus ``c`` of the capillary variant and ``rfcf``, ``sfcf`` of
+    the precipitation correction), physical units."""
 
     __slots__ = ()
 
@@ -84,7 +94,8 @@ class HBVState(KeyedTuple, namedtuple("_HBVState", STATE_NAMES)):
 
 
 class HBVFluxes(KeyedTuple, namedtuple("_HBVFluxes", FLUX_NAMES)):
-    """Daily fluxes (mm/d): total runoff q = q0 + q1 + q2, and actual ET."""
+    """Daily fluxes (mm/d): total runoff q = q0 + q1 + q2, actual ET, and the precipitation
+    entering the model (``prcp_in``: ``prcp``, or rain and snow after their correction)."""
 
     __slots__ = ()
 
@@ -115,17 +126,24 @@ def _pow(u, y):
 
 
 def step(
-    p: HBVParams, s: HBVState, x: Forcing, *, capillary: bool = False, smooth_phase: float = 0.0
+    p: HBVParams, s: HBVState, x: Forcing, *, capillary: bool = False, smooth_phase: float = 0.0,
+    precip_correction: bool = False,
 ) -> tuple[HBVState, HBVFluxes]:
     """Advance one component of one basin by one day (all arguments scalars or same-shape)."""
     prcp, tmean, pet = x
-    # 1. Phase.
+    # 1. Phase (and the variant's correction of rain and snow).
     if smooth_phase > 0.0:
         frac_rain = jax.nn.sigmoid((tmean - p.tt) / smooth_phase)
     else:
         frac_rain = (tmean >= p.tt).astype(prcp.dtype)
-    rain = prcp * frac_rain
-    snow = prcp - rain
+    if precip_correction:
+        rain = prcp * frac_rain * p.rfcf
+        snow = prcp * (1.0 - frac_rain) * p.sfcf
+        prcp_in = rain + snow
+    else:
+        rain = prcp * frac_rain
+        snow = prcp - rain
+        prcp_in = prcp
     # 2. Snow.
     snowpack = s.snowpack + snow
     melt = jnp.minimum(jnp.maximum(p.cfmax * (tmean - p.tt), 0.0), snowpack)
@@ -164,7 +182,8 @@ def step(
     slz = slz + perc
     q2 = p.k2 * slz
     slz = slz - q2
-    return HBVState(snowpack, meltwater, sm, suz, slz), HBVFluxes(q0 + q1 + q2, q0, q1, q2, et)
+    return (HBVState(snowpack, meltwater, sm, suz, slz),
+            HBVFluxes(q0 + q1 + q2, q0, q1, q2, et, jnp.broadcast_to(prcp_in, jnp.shape(q0))))
 
 
 def run(
@@ -176,14 +195,16 @@ def run(
     *,
     capillary: bool = False,
     smooth_phase: float = 0.0,
+    precip_correction: bool = False,
     adjoint: str = "model",
     remat: bool | None = None,
 ) -> Output:
     """Run HBV for one basin and one component over ``T`` days.
 
     Args:
-      params: maps the 13 names of :data:`BOUNDS` (plus ``c`` with ``capillary=True``) to
-        scalars (static) or ``(T,)`` arrays (time-varying), physical units.
+      params: maps the 13 names of :data:`BOUNDS` (plus ``c`` with ``capillary=True``, and
+        ``rfcf``, ``sfcf`` with ``precip_correction=True``) to scalars (static) or ``(T,)``
+        arrays (time-varying), physical units.
       prcp, tmean, pet: ``(T,)`` forcing: mm/d, degC, mm/d (not normalised).
       state: initial :class:`HBVState` (scalars); all stores at 0.001 mm when ``None``.
       adjoint: ``"model"`` (default): the backward pass is the hand-written adjoint of one
@@ -195,7 +216,7 @@ def run(
 
     Returns:
       :class:`~dpljax.models.base.Output` ``(fluxes, final_state)``; ``fluxes.q, .q0, .q1,
-      .q2, .et`` are ``(T,)`` (mm/d). Use ``jax.vmap`` over components and basins: the
+      .q2, .et, .prcp_in`` are ``(T,)`` (mm/d). Use ``jax.vmap`` over components and basins: the
       vmapped function is exactly what :meth:`HBV.simulate` runs.
 
     Raises:
@@ -205,17 +226,19 @@ def run(
       a transformation the values are not checked: out-of-bounds parameters are used as
       given and NaN forcing gives NaN fluxes.
     """
-    model = HBV(capillary=capillary, smooth_phase=smooth_phase, adjoint=adjoint, remat=remat)
+    model = HBV(capillary=capillary, smooth_phase=smooth_phase,
+                precip_correction=precip_correction, adjoint=adjoint, remat=remat)
     return base.run(model, params, Forcing(prcp, tmean, pet), state)
 
 
-@register_model("hbv", static=("capillary", "smooth_phase", "adjoint"))
+@register_model("hbv", static=("capillary", "smooth_phase", "precip_correction", "adjoint"))
 class HBV(ProcessModel):
     """HBV through the process-model protocol; ``simulate`` batches it over components and
     basins (see :func:`dpljax.models.base.simulate`).
 
     Options: ``capillary`` (capillary rise from the lower zone, adds parameter ``c``),
-    ``smooth_phase`` (> 0: logistic rain/snow split of that width in degC), ``adjoint``
+    ``smooth_phase`` (> 0: logistic rain/snow split of that width in degC),
+    ``precip_correction`` (rain and snow scaled by ``rfcf`` and ``sfcf``), ``adjoint``
     (``"model"``, ``"autodiff"`` or ``"checkpoint"``; ``remat`` is its older spelling).
     Runoff is routed by the gamma unit hydrograph (:class:`~dpljax.models.routing.GammaRouting`).
     """
@@ -227,31 +250,35 @@ class HBV(ProcessModel):
     forcing = ("prcp", "tmean", "pet")
     default_routing = GammaRouting()
 
-    def __init__(self, *, capillary: bool = False, smooth_phase: float = 0.0, adjoint: str = "model",
-                 remat: bool | None = None):
+    def __init__(self, *, capillary: bool = False, smooth_phase: float = 0.0,
+                 precip_correction: bool = False, adjoint: str = "model", remat: bool | None = None):
         if remat is not None:  # the older option, kept so that saved configs still load
             adjoint = "model" if remat else "autodiff"
         self.capillary = bool(capillary)
         self.smooth_phase = float(smooth_phase)
+        self.precip_correction = bool(precip_correction)
         self.adjoint = check_adjoint(self, adjoint)
 
     @property
     def bounds(self) -> dict[str, tuple[float, float]]:
-        return dict(BOUNDS, **(CAPILLARY_BOUNDS if self.capillary else {}))
+        return dict(BOUNDS, **(CAPILLARY_BOUNDS if self.capillary else {}),
+                    **(PRECIP_BOUNDS if self.precip_correction else {}))
 
     def initial_state(self, params) -> HBVState:
         return initial_state(params.fc)
 
     def step(self, params, state, x):
-        return step(params, state, x, capillary=self.capillary, smooth_phase=self.smooth_phase)
+        return step(params, state, x, capillary=self.capillary, smooth_phase=self.smooth_phase,
+                    precip_correction=self.precip_correction)
 
     def storage(self, state):
         return state.snowpack + state.meltwater + state.sm + state.suz + state.slz
 
     def net_inflow(self, x, fluxes):
-        return x.prcp - fluxes.q - fluxes.et
+        return fluxes.prcp_in - fluxes.q - fluxes.et
 
     def scan_adjoint(self, static, dynamic, forcing, s0):
         from .hbv_adjoint import hbv_scan
 
-        return hbv_scan(static, dynamic, forcing, s0, self.capillary, self.smooth_phase)
+        return hbv_scan(static, dynamic, forcing, s0, self.capillary, self.smooth_phase,
+                        self.precip_correction)

@@ -47,7 +47,7 @@ def _w_max(a, b):
 
 
 def _step_vjp(p: HBVParams, s: HBVState, x: Forcing, g_s: HBVState, g_f: HBVFluxes, *,
-              capillary: bool, smooth_phase: float, need_x: bool):
+              capillary: bool, smooth_phase: float, need_x: bool, precip_correction: bool = False):
     """Cotangents ``(g_state_before, g_params: dict, g_forcing | None)`` of one day.
 
     ``g_s`` / ``g_f`` are the cotangents of the day's new state and fluxes (``None`` entries of
@@ -62,8 +62,14 @@ def _step_vjp(p: HBVParams, s: HBVState, x: Forcing, g_s: HBVState, g_f: HBVFlux
         fr = jax.nn.sigmoid((tmean - p.tt) / smooth_phase)
     else:
         fr = (tmean >= p.tt).astype(dt)
-    rain = prcp * fr
-    snow = prcp - rain
+    if precip_correction:
+        rain0 = prcp * fr  # before the correction
+        snow0 = prcp * (1.0 - fr)
+        rain = rain0 * p.rfcf
+        snow = snow0 * p.sfcf
+    else:
+        rain = prcp * fr
+        snow = prcp - rain
     sp1 = s.snowpack + snow
     a_m = p.cfmax * (tmean - p.tt)
     m0 = jnp.maximum(a_m, 0.0)
@@ -200,15 +206,26 @@ def _step_vjp(p: HBVParams, s: HBVState, x: Forcing, g_s: HBVState, g_f: HBVFlux
     dtm = tmean - p.tt
     gp["cfmax"] = g_cfrmax * p.cfr + g_am * dtm
     g_dtt = g_ar * cfrmax - g_am * p.cfmax  # d/d(tt - tmean)
-    g_rain = g_infil - g_sp1
+    g_in = ct(g_f.prcp_in)
+    if precip_correction:
+        g_rain = g_infil + g_in  # cotangents of the corrected rain and snow
+        g_snow = g_sp1 + g_in
+        gp["rfcf"] = g_rain * rain0
+        gp["sfcf"] = g_snow * snow0
+        g_fr = prcp * (g_rain * p.rfcf - g_snow * p.sfcf)
+        g_prcp = g_rain * p.rfcf * fr + g_snow * p.sfcf * (1.0 - fr)
+    else:
+        g_rain = g_infil - g_sp1  # snow = prcp - rain
+        g_fr = g_rain * prcp
+        g_prcp = g_sp1 + g_rain * fr + g_in
     if smooth_phase > 0.0:
-        g_z = g_rain * prcp * fr * (1.0 - fr) / smooth_phase  # z = (tmean - tt) / width
+        g_z = g_fr * fr * (1.0 - fr) / smooth_phase  # z = (tmean - tt) / width
         g_dtt = g_dtt - g_z
     gp["tt"] = g_dtt
     g_state = HBVState(g_sp1, g_mw1, g_sm_old, g_suz1, g_slz_old)
     g_x = None
     if need_x:
-        g_x = Forcing(g_sp1 + g_rain * fr, -g_dtt, g_pe * ef)
+        g_x = Forcing(g_prcp, -g_dtt, g_pe * ef)
     return g_state, gp, g_x
 
 
@@ -221,33 +238,35 @@ def _values(tree):
     return jax.custom_derivatives.custom_vjp_primal_tree_values(tree)
 
 
-def _scan_primal(static, dynamic, forcing, s0, capillary, smooth_phase, keep_states):
+def _scan_primal(static, dynamic, forcing, s0, capillary, smooth_phase, precip_correction,
+                 keep_states):
     def body(s, xs):
         x, dyn = xs
         s_new, f = step(HBVParams(**static, **dyn), s, x, capillary=capillary,
-                        smooth_phase=smooth_phase)
+                        smooth_phase=smooth_phase, precip_correction=precip_correction)
         return s_new, ((f, s) if keep_states else f)
 
     return jax.lax.scan(body, s0, (forcing, dynamic))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def hbv_scan(static, dynamic, forcing, s0, capillary, smooth_phase):
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def hbv_scan(static, dynamic, forcing, s0, capillary, smooth_phase, precip_correction=False):
     """``(final_state, fluxes)`` of HBV over the leading (time) axis, hand-written adjoint."""
-    return _scan_primal(static, dynamic, forcing, s0, capillary, smooth_phase, False)
+    return _scan_primal(static, dynamic, forcing, s0, capillary, smooth_phase, precip_correction,
+                        False)
 
 
-def _hbv_scan_fwd(static, dynamic, forcing, s0, capillary, smooth_phase):
+def _hbv_scan_fwd(static, dynamic, forcing, s0, capillary, smooth_phase, precip_correction):
     # Which inputs are differentiated, as pytree structure (() yes, None no): residuals
     # may only hold arrays, and this must be known when the backward scan is traced.
     need = tuple(() if _perturbed(t) else None for t in (static, dynamic, forcing))
     static, dynamic, forcing, s0 = _values((static, dynamic, forcing, s0))
     final, (fluxes, states) = _scan_primal(static, dynamic, forcing, s0, capillary,
-                                           smooth_phase, True)
+                                           smooth_phase, precip_correction, True)
     return (final, fluxes), (static, dynamic, forcing, states, need)
 
 
-def _hbv_scan_bwd(capillary, smooth_phase, res, cts):
+def _hbv_scan_bwd(capillary, smooth_phase, precip_correction, res, cts):
     static, dynamic, forcing, states, need = res
     need_static, need_dyn, need_x = (n is not None for n in need)
     g_final, g_fluxes = cts
@@ -266,7 +285,7 @@ def _hbv_scan_bwd(capillary, smooth_phase, res, cts):
         g_f = HBVFluxes(*(gf.get(k) for k in FLUX_NAMES))
         g_prev, gp, g_x = _step_vjp(HBVParams(**static, **dyn), s, x, g_s, g_f,
                                     capillary=capillary, smooth_phase=smooth_phase,
-                                    need_x=need_x)
+                                    need_x=need_x, precip_correction=precip_correction)
         acc = {k: a + gp[k] for k, a in acc.items()}
         ys = ({k: gp[k] for k in dyn} if need_dyn else {}, g_x)
         return (g_prev, acc), ys
