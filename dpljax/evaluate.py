@@ -265,17 +265,14 @@ def last_training_state(run_dir: str | Path, exp: "Experiment", like):
     """``(TrainState, step)`` of a run's last checkpoint, ``run_dir/checkpoints/last.npz``
     (read on the structure of ``like``, the network's state, and of the experiment's
     optimiser and ``train.ema``); its ``theta`` is the run's last iterate."""
-    import optax
-
     from .checkpoint import load_training
-    from .train import TrainState, make_optimizer
+    from .train import TrainState, optimizer_of
 
     last = Path(run_dir) / "checkpoints" / "last.npz"
     if not last.exists():
         raise RunDirError(f"{last} is missing: the run's last iterate lives there (weights.npz holds only "
                           "the model the run wrote; evaluate that without --which last)")
-    tx = exp.tx if isinstance(exp.tx, optax.GradientTransformation) else exp.tx(1)  # a schedule: any length
-    fresh = TrainState.create(like, make_optimizer(tx, exp.train.clip_grad_norm), ema=exp.train.ema is not None)
+    fresh = TrainState.create(like, optimizer_of(exp.tx, exp.train.clip_grad_norm), ema=exp.train.ema is not None)
     try:
         state, _, meta = load_training(last, fresh, like)
     except ValueError as e:

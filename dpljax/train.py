@@ -36,7 +36,7 @@ from .parallel import basin_mesh, replicate, shard_basins
 from .resume import ResumeError, check_resume
 
 __all__ = ["Average", "budget_epochs", "NonFiniteLoss", "ResumeError", "RunPlan", "StepInfo", "TrainConfig", "TrainResult",
-           "TrainState", "TrainStep", "fit", "make_optimizer", "make_train_step"]
+           "TrainState", "TrainStep", "fit", "make_optimizer", "make_train_step", "optimizer_of"]
 
 
 @dataclass
@@ -139,6 +139,15 @@ def make_optimizer(tx: optax.GradientTransformation, clip_grad_norm: float | Non
     """``tx`` preceded by clipping of the global gradient norm to ``clip_grad_norm`` (no
     clipping when ``None`` or 0): ``g <- g * min(1, c / ||g||_2)`` over all parameters."""
     return optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx) if clip_grad_norm else tx
+
+
+def optimizer_of(tx: optax.GradientTransformation | Callable[[int], optax.GradientTransformation],
+                 clip_grad_norm: float | None, total: int = 1) -> optax.GradientTransformation:
+    """A run's optimiser (:func:`make_optimizer`) from the ``tx`` that :func:`fit` takes: an
+    Optax transformation, or a function of the run's ``total`` number of steps returning one (a
+    schedule laid over the run). The state's structure does not depend on ``total``, so a
+    checkpoint is read with any."""
+    return make_optimizer(tx if isinstance(tx, optax.GradientTransformation) else tx(total), clip_grad_norm)
 
 
 # ---------------------------------------------------------------------- the state and the step
@@ -541,8 +550,10 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
     """
     plan = RunPlan.of(arrays, cfg)
     scheduled = not isinstance(tx, optax.GradientTransformation)
-    fixed = None if scheduled else make_optimizer(tx, cfg.clip_grad_norm)
-    make_tx = (lambda total: make_optimizer(tx(total), cfg.clip_grad_norm)) if scheduled else (lambda total: fixed)
+    fixed = None if scheduled else optimizer_of(tx, cfg.clip_grad_norm)  # one instance: the timed step is reused
+
+    def make_tx(total: int) -> optax.GradientTransformation:
+        return fixed if fixed is not None else optimizer_of(tx, cfg.clip_grad_norm, total)
     graphdef, theta = nnx.split(net)
     arrays = replicate(arrays, cfg.devices)
     t_start = time.perf_counter()
