@@ -190,34 +190,23 @@ def record_ensemble(name: str, change: str, run_dirs, part: str | None = None) -
     split, beside each member's own median, and add it to ``VARIANTS`` under ``part`` (default
     ``ensemble_posthoc``, ``ensemble_posthoc_pub`` for PUB cross-validations). The runs
     must hold the same basins, days and observations (else a ValueError names the first that
-    differs): the post-hoc ensemble a user gets by averaging independent runs. PUB
+    differs; :func:`dpljax.ensemble.score_mean` checks and scores, as ``dpljax ensemble`` does). PUB
     cross-validations are pooled over the folds that every member has finished (``folds`` in
     the record), each fold's flows from its ``predictions_test.zarr`` (``dpljax evaluate``)."""
-    import numpy as np
-
-    from dpljax import metrics
+    from dpljax.ensemble import score_mean
 
     runs = [Path(r) for r in run_dirs]
     if len(runs) < 2:
         raise ValueError(f"an ensemble needs at least two run directories, got {[str(r) for r in runs]}")
     sets, folds = _members(runs)
-    ref = sets[0]
-    for r, d in zip(runs[1:], sets[1:]):
-        for coord in ("basin", "time"):
-            if not np.array_equal(d[coord].values, ref[coord].values):
-                raise ValueError(f"{r}: its test {coord}s differ from {runs[0]}'s")
-        if not np.array_equal(d.q_obs.values, ref.q_obs.values, equal_nan=True):
-            raise ValueError(f"{r}: its observed flows differ from {runs[0]}'s")
-    obs, basins = ref.q_obs.values, ref.basin.values
-    tables = [metrics.table(d.q_sim.values, obs, basins, ("nse", "kge")) for d in sets]
-    mean = metrics.table(np.mean([d.q_sim.values for d in sets], 0), obs, basins, ("nse", "kge"))
+    _, table, summary = score_mean(sets, [str(r) for r in runs])  # the library's checks and scores
     rec = {"what_changed": change, "members": [str(r) for r in runs],
            **({"folds": folds} if folds is not None else {}),
-           "member_median_nse": [float(t["nse"].median()) for t in tables],
-           "member_median_kge": [float(t["kge"].median()) for t in tables],
-           "median_nse": float(mean["nse"].median()), "median_kge": float(mean["kge"].median()),
-           "mean_nse": float(mean["nse"].mean()), "n_basins": int(len(basins)),
-           "gain_over_best_member": float(mean["nse"].median() - max(t["nse"].median() for t in tables))}
+           "member_median_nse": [m["median_nse"] for m in summary["members"]],
+           "member_median_kge": [m["median_kge"] for m in summary["members"]],
+           "median_nse": summary["median_nse"], "median_kge": summary["median_kge"],
+           "mean_nse": summary["mean_nse"], "n_basins": summary["n_basins"],
+           "gain_over_best_member": summary["gain_over_best_member"]}
     rec["note"] = (f"members' median NSE {', '.join(f'{v:.4f}' for v in rec['member_median_nse'])}; "
                    f"the mean flow gains {rec['gain_over_best_member']:+.3f} over the best member"
                    + (f" (pooled over PUB folds {folds})" if folds is not None else ""))

@@ -6,6 +6,8 @@
                                                     --which last: the last training step's)
     dpljax predict RUN_DIR DATA [--start --end ...] run a trained dPL model on other basins or
                                                     periods (no streamflow needed): predictions.zarr
+    dpljax ensemble OUT_DIR RUN_DIR RUN_DIR [...]   score the mean streamflow of finished runs on
+                                                    the same split (dpljax evaluate OUT_DIR redoes it)
     dpljax data camels-us SOURCE_DIR OUT.zarr       convert the official CAMELS-US layout
     dpljax data csv SOURCE_DIR OUT.zarr             convert a folder of CSV files, one per basin
 """
@@ -84,27 +86,30 @@ def _evaluate(argv):
                         "training step (checkpoints/last.npz), scored into RUN_DIR/evaluation_last")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
-    only_dpl = "--which last applies to a single dPL training run, not to a {}"
-    if (run_dir / "pub.json").exists():
+    from .ensemble import evaluate_ensemble, evaluate_member, is_ensemble
+
+    if is_ensemble(run_dir):
         if args.which != "written":
-            p.error(only_dpl.format("PUB cross-validation (evaluate a fold's directory)"))
-        from .evaluate import evaluate_pub
-
-        evaluate_pub(run_dir)
+            p.error("--which last applies to a single dPL training run, not to an ensemble (evaluate a member)")
+        evaluate_ensemble(run_dir)
         return
-    from .rundir import check_finished_run
+    evaluate_member(run_dir, which=args.which, log=print)
 
-    config = check_finished_run(run_dir)  # refuses an unfinished or inconsistent run directory
-    if config.get("calibrate"):
-        if args.which != "written":
-            p.error(only_dpl.format("calibration"))
-        from .calibrate.runner import evaluate_calibration
 
-        evaluate_calibration(run_dir)
-        return
-    from .evaluate import evaluate_run
+def _ensemble(argv):
+    p = argparse.ArgumentParser(prog="dpljax ensemble", description="Score the mean streamflow of finished runs on "
+                                "the same test split (dPL runs or calibrations on the same basins and days, or PUB "
+                                "cross-validations with the same folds) into OUT_DIR: ensemble.json, "
+                                "predictions_test.zarr, metrics_test.csv, summary.json (each member's median "
+                                "beside the mean's). dpljax evaluate OUT_DIR re-runs the members' models.")
+    p.add_argument("out_dir", help="a new directory (or an ensemble of the same members, scored again)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the members, at least two")
+    args = p.parse_args(argv)
+    if len(args.run_dirs) < 2:
+        p.error(f"an ensemble needs at least two run directories, got {args.run_dirs}")
+    from .ensemble import build_ensemble
 
-    evaluate_run(run_dir, which=args.which)
+    build_ensemble(args.out_dir, args.run_dirs)
 
 
 def _predict(argv):
@@ -230,6 +235,9 @@ def main(argv=None) -> None:
         return
     if argv and argv[0] == "predict":
         _user_errors("dpljax predict", _predict, argv[1:])
+        return
+    if argv and argv[0] == "ensemble":
+        _user_errors("dpljax ensemble", _ensemble, argv[1:])
         return
     argv = _lock_before_hydra(argv)
     sys.argv = [sys.argv[0]] + argv

@@ -312,17 +312,26 @@ def evaluate_run(run_dir: str | Path, write: bool = True, log=print, which: str 
     return summary
 
 
-def evaluate_pub(run_dir: str | Path, log=print) -> dict:
-    """Re-run every fold's saved model on its held-out basins and pool the metrics again."""
+def finished_pub_spec(run_dir: str | Path) -> dict:
+    """The fold spec (``pub.json``'s ``spec``: ``n_folds``, ``seed``) of a finished PUB
+    cross-validation; a RunDirError when it cannot be read or the run never finished."""
     run_dir = Path(run_dir)
     try:
         spec = json.loads((run_dir / "pub.json").read_text())["spec"]
+        spec["n_folds"] = int(spec["n_folds"])
     except (ValueError, KeyError, TypeError) as e:
         raise RunDirError(f"{run_dir}/pub.json cannot be read ({type(e).__name__}: {e}): restore the "
                           "file the cross-validation wrote") from None
     if not (run_dir / "summary.json").exists():
         raise RunDirError(f"{run_dir} holds a PUB cross-validation that never finished (no summary.json); "
                           "continue it by running the same command with the same hydra.run.dir")
+    return spec
+
+
+def evaluate_pub(run_dir: str | Path, log=print) -> dict:
+    """Re-run every fold's saved model on its held-out basins and pool the metrics again."""
+    run_dir = Path(run_dir)
+    spec = finished_pub_spec(run_dir)
     with run_lock(run_dir):
         out = run_dir / "evaluation"
         out.mkdir(exist_ok=True)
