@@ -3,6 +3,9 @@
     python -m benchmarks.camels probe PROBE.json      # the machine's speed probe, before a run
     python -m benchmarks.camels record RUN_DIR NAME [NOTE] [--probe PROBE.json]
                                                       # -> results/NAME.json + weights/NAME/
+    python -m benchmarks.camels record-ensemble ENS_DIR NAME [NOTE]
+                                                      # a `dpljax ensemble` of recorded runs (built
+                                                      # from weights/) -> results/NAME.json + weights/NAME/
     python -m benchmarks.camels figure                # -> results/camels_nse_cdf.png
     python -m benchmarks.camels check NAME            # dpljax evaluate on the committed weights
     python -m benchmarks.camels table                 # the table in benchmarks/README.md
@@ -199,6 +202,50 @@ def record(run_dir: str | Path, name: str, note: str | None = None, probe_file: 
     return out
 
 
+def record_ensemble(ens_dir: str | Path, name: str, note: str | None = None) -> dict:
+    """Record an ensemble (``dpljax ensemble``) of recorded runs: ``results/NAME.json`` (the
+    mean's medians, each member's, the members' summed training time) and ``weights/NAME/``
+    (``ensemble.json`` pointing at the members' committed weights, its summary and per-basin
+    metrics), so that ``dpljax evaluate weights/NAME`` re-runs every member."""
+    ens_dir = Path(ens_dir)
+    spec = json.loads((ens_dir / "ensemble.json").read_text())
+    members = [(ens_dir / m).resolve() for m in spec["members"]]
+    names = [m.name for m in members]
+    bad = [str(m) for m in members if m.parent != WEIGHTS.resolve() or not (RESULTS / f"{m.name}.json").exists()]
+    if bad:
+        raise ValueError(f"ensemble members {bad} are not recorded runs (weights/NAME with results/NAME.json): "
+                         "record each member first, then build the ensemble from weights/")
+    recs = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
+    summary = json.loads((ens_dir / "summary.json").read_text())
+    table = pd.read_csv(ens_dir / "metrics_test.csv", index_col=0, dtype={"basin": str})
+    machines = sorted({r.get("machine", "") for r in recs})
+    out = {
+        "experiment": name,
+        "what": f"dpljax ensemble: the mean streamflow of {len(names)} recorded runs ({', '.join(names)})",
+        "members": names,
+        "member_median_nse": [m["median_nse"] for m in summary["members"]],
+        "member_median_kge": [m["median_kge"] for m in summary["members"]],
+        "median_nse": summary["median_nse"], "mean_nse": summary["mean_nse"],
+        "median_kge": summary["median_kge"], "mean_kge": summary["mean_kge"],
+        "n_basins": summary["n_basins"], "gain_over_best_member": summary["gain_over_best_member"],
+        "train_wall_time_s": sum(r.get("train_wall_time_s") or 0 for r in recs),
+        "steps": None,
+        "per_basin_nse": {b: (None if np.isnan(v) else round(float(v), 6)) for b, v in table["nse"].items()},
+        "machine": machines[0] if len(machines) == 1 else "; ".join(machines),
+        "devices": recs[0].get("devices"),
+        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                     cwd=HERE).stdout.strip() or None,
+        **({"note": note} if note else {}),
+    }
+    dst = WEIGHTS / name
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "ensemble.json").write_text(json.dumps({**spec, "members": [f"../{n}" for n in names]}, indent=1))
+    for f in ("summary.json", "metrics_test.csv"):
+        shutil.copy2(ens_dir / f, dst / f)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def _calibration_record(run_dir: Path, summary: dict) -> dict:
     """What a calibration run spent and why its basins stopped (from calibration.zarr)."""
     import xarray as xr
@@ -308,6 +355,9 @@ if __name__ == "__main__":
             probe_file, args = args[i + 1], args[:i] + args[i + 2:]
         rec = record(*args, probe_file=probe_file)
         print(json.dumps({k: v for k, v in rec.items() if k not in ("per_basin_nse", "config")}, indent=1))
+    elif cmd == "record-ensemble":
+        rec = record_ensemble(*args)
+        print(json.dumps({k: v for k, v in rec.items() if k != "per_basin_nse"}, indent=1))
     elif cmd == "figure":
         print(figure())
     elif cmd == "check":
