@@ -267,7 +267,7 @@ def check(name: str) -> float:
     rec = json.loads((RESULTS / f"{name}.json").read_text())
     out = subprocess.run([str(Path(sys.executable).parent / "dpljax"), "evaluate", str(WEIGHTS / name)],
                          capture_output=True, text=True, check=True)
-    got = float([l for l in out.stdout.splitlines() if l.startswith("median test NSE:")][-1].split(":")[1])
+    got = float([l for l in out.stdout.splitlines() if l.startswith("median test NSE:")][-1].split(":")[1].split()[0])
     return abs(got - rec["median_nse"])
 
 

@@ -24,7 +24,7 @@ def test_an_ensemble_of_recorded_runs_is_recorded_and_evaluate_reproduces_it(tmp
     import pytest
 
     from conftest import small_config
-    from dpljax.ensemble import build_ensemble, evaluate_ensemble
+    from dpljax.ensemble import build_ensemble
     from dpljax.experiment import run_experiment
 
     weights, results = tmp_path / "weights", tmp_path / "results"
@@ -47,5 +47,4 @@ def test_an_ensemble_of_recorded_runs_is_recorded_and_evaluate_reproduces_it(tmp
     assert len(rec["per_basin_nse"]) == 8
     assert json.loads((weights / "camels_ens" / "ensemble.json").read_text())["members"] == ["../camels_a",
                                                                                            "../camels_b"]
-    again = evaluate_ensemble(weights / "camels_ens", log=quiet)
-    assert abs(again["median_nse"] - rec["median_nse"]) < 1e-5
+    assert camels.check("camels_ens") < 1e-4  # `dpljax evaluate weights/camels_ens`: its printed median
