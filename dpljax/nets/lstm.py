@@ -31,6 +31,11 @@ class LSTM(nnx.Module):
     the recurrence's own ``h @ W_hh`` when the width is ``hidden``: a narrower input layer
     (the inputs are some tens of numbers) makes a step of a wide LSTM cheaper.
 
+    ``cell``: ``"lstm"`` (the reference) or ``"gru"``: a gated recurrent unit (Cho et al.
+    2014, in the form of cuDNN and PyTorch: reset gate on ``h @ W_hn + b_hn``). Three gates
+    instead of four, and no cell state: its input projection and recurrence are 3/4 of the
+    LSTM's products at the same ``hidden``, with the same hand-written backward pass.
+
     ``compute_dtype``: the dtype of the matrix products' operands (null: the parameters' own).
     ``"bfloat16"`` is mixed precision: the weights stay float32 (the optimiser's copy), the
     products (input layer, gates, recurrence, head, and their backward) read bfloat16 operands
@@ -43,8 +48,10 @@ class LSTM(nnx.Module):
 
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, hidden: int = 256,
                  dropout: float = 0.5, stride: int = 1, input_size: int | None = None,
-                 compute_dtype: str | None = None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 compute_dtype: str | None = None, cell: str = "lstm", param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         self.stride = _whole("stride", stride)
+        self.cell = _cell_name(cell)
         self.compute_dtype = _compute_dtype(compute_dtype)
         self.n_out = int(n_out)
         n_in = self.stride * n_dynamic + n_static
@@ -53,10 +60,17 @@ class LSTM(nnx.Module):
         self.input_size = h if input_size is None else _whole("input_size", input_size, " or null (= hidden)")
         self.inp = nnx.Linear(n_in, self.input_size, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.lecun_normal()
-        self.w_ih = nnx.Param(init(rngs.params(), (self.input_size, 4 * h), param_dtype))
-        self.w_hh = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (h, 4 * h), param_dtype))
-        # forget-gate bias 1 (gate order i, f, g, o): remembers by default
-        self.b = nnx.Param(jnp.zeros((4 * h,), param_dtype).at[h:2 * h].set(1.0))
+        n_gates = GATES[self.cell]
+        self.w_ih = nnx.Param(init(rngs.params(), (self.input_size, n_gates * h), param_dtype))
+        self.w_hh = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (h, n_gates * h), param_dtype))
+        if self.cell == "lstm":
+            # forget-gate bias 1 (gate order i, f, g, o): remembers by default
+            self.b = nnx.Param(jnp.zeros((4 * h,), param_dtype).at[h:2 * h].set(1.0))
+        else:
+            # gate order r, z, n; update-gate bias 1: keeps the state by default (as the LSTM's
+            # forget gate); b_hn is the recurrence's own bias on the candidate, inside the reset gate
+            self.b = nnx.Param(jnp.zeros((3 * h,), param_dtype).at[h:2 * h].set(1.0))
+            self.b_hn = nnx.Param(jnp.zeros((h,), param_dtype))
         self.dropout = nnx.Dropout(dropout)
         self.head = nnx.Linear(h, self.stride * self.n_out, param_dtype=param_dtype, rngs=rngs)
 
@@ -85,29 +99,44 @@ class LSTM(nnx.Module):
         x = jnp.concatenate([x_dynamic, jnp.broadcast_to(x_static[:, None, :], (b, t, x_static.shape[-1]))], -1)
         cd = self.compute_dtype
         mm = lambda a, w: matmul(a, w, cd)  # noqa: E731
-        weights = (self.inp.kernel[...], self.inp.bias[...], self.w_ih[...], self.b[...], self.w_hh[...],
-                   self.head.kernel[...], self.head.bias[...])
+        # the recurrence's own weights: (W_hh,) for the LSTM, (W_hh, b_hn) for the GRU
+        rec = (self.w_hh[...],) if self.cell == "lstm" else (self.w_hh[...], self.b_hn[...])
+        weights = (self.inp.kernel[...], self.inp.bias[...], self.w_ih[...], self.b[...],
+                   self.head.kernel[...], self.head.bias[...], rec)
         if d == 0:
-            k_in, b_in, w_ih, bias, w_hh, k_out, b_out = weights
+            k_in, b_in, w_ih, bias, k_out, b_out, rec = weights
             x = jax.nn.relu(mm(x, k_in) + b_in)
-            gates_x = jnp.swapaxes(mm(x, w_ih) + bias, 0, 1)  # (T, B, 4H) time-major
-            _, hs = lstm_recurrence(gates_x, w_hh, cd)
+            gates_x = jnp.swapaxes(mm(x, w_ih) + bias, 0, 1)  # (T, B, n_gates * H) time-major
+            _, hs = self._recurrence(gates_x, rec, None)
             hs = jnp.swapaxes(hs, 0, 1)  # (B, T, H)
             return mm(self._dropout(hs, key), k_out) + b_out
         # Warm-up steps: the same operations on stop-gradiented weights (no tangent, so no
-        # residuals and no backward); the window starts from the constant state (h, c).
+        # residuals and no backward); the window starts from the constant final state.
         sg = jax.lax.stop_gradient
-        k_in, b_in, w_ih, bias, w_hh, k_out, b_out = weights
-        s_in, sb_in, s_ih, s_bias, s_hh, s_out, sb_out = (sg(v) for v in weights)
+        k_in, b_in, w_ih, bias, k_out, b_out, rec = weights
+        s_in, sb_in, s_ih, s_bias, s_out, sb_out, s_rec = jax.tree.map(sg, weights)
         xw = jax.nn.relu(mm(x[:, :d], s_in) + sb_in)
-        (h, c), hs_w = lstm_recurrence(jnp.swapaxes(mm(xw, s_ih) + s_bias, 0, 1), s_hh, cd)
+        state, hs_w = self._recurrence(jnp.swapaxes(mm(xw, s_ih) + s_bias, 0, 1), s_rec, None)
         xv = jax.nn.relu(mm(x[:, d:], k_in) + b_in)
         gates_v = jnp.swapaxes(mm(xv, w_ih) + bias, 0, 1)
-        _, hs_v = lstm_recurrence_from(gates_v, w_hh, sg(h), sg(c), cd)
+        _, hs_v = self._recurrence(gates_v, rec, jax.tree.map(sg, state))
         hs = jnp.swapaxes(jnp.concatenate([sg(hs_w), hs_v], 0), 0, 1)  # (B, T, H)
         hs = self._dropout(hs, key)  # one mask over all T steps, as without detach
         raw_w = mm(hs[:, :d], s_out) + sb_out
         return jnp.concatenate([sg(raw_w), mm(hs[:, d:], k_out) + b_out], 1)
+
+    def _recurrence(self, gates_x, rec, state):
+        """The cell's loop over ``gates_x (T, B, n_gates * H)`` from ``state`` (None: zeros):
+        ``(final state, hs (T, B, H))``; the state is ``(h, c)`` for the LSTM, ``h`` for the GRU."""
+        cd = self.compute_dtype
+        if self.cell == "lstm":
+            (w_hh,) = rec
+            if state is None:
+                return lstm_recurrence(gates_x, w_hh, cd)
+            return lstm_recurrence_from(gates_x, w_hh, *state, cd)
+        w_hh, b_hn = rec
+        h0 = jnp.zeros(gates_x.shape[1:2] + w_hh.shape[:1], gates_x.dtype) if state is None else state
+        return gru_recurrence(gates_x, w_hh, b_hn, h0, cd)
 
     def _dropout(self, hs, key):
         if key is not None and self.dropout.rate > 0:
@@ -120,6 +149,17 @@ def _whole(name: str, value, alternative: str = "") -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < 1:
         raise ValueError(f"{name} must be an integer >= 1{alternative}, got {value!r}")
     return int(value)
+
+
+#: The recurrent cells and their gate count (the width of the input projection, in hidden units).
+GATES = {"lstm": 4, "gru": 3}
+
+
+def _cell_name(value) -> str:
+    """``value`` if it names a cell of :data:`GATES`, refused by name otherwise."""
+    if value in GATES:
+        return value
+    raise ValueError(f"cell must be one of {list(GATES)}, got {value!r}")
 
 
 #: compute_dtype names: null (the operands' own dtype), or the dtype the products read.
@@ -274,3 +314,77 @@ def _from_bwd(dtype, res, cts):
 
 
 lstm_recurrence_from.defvjp(_from_fwd, _from_bwd)
+
+
+# The GRU (gate order r, z, n), with the LSTM's scheme of backward pass: the reverse loop
+# carries dh and emits the cotangents of the gates; dW_hh and db_hn are one product and one
+# sum after it.
+#   r = sigmoid(gx_r + (h W_hh)_r),  z = sigmoid(gx_z + (h W_hh)_z)
+#   n = tanh(gx_n + r * ((h W_hh)_n + b_hn)),  h' = (1 - z) * n + z * h
+def _gru_cell(w_hh, b_hn, hprev, gx, dtype: str | None = None):
+    """One GRU step (``w_hh`` already cast by the caller): ``h'`` and the activations the
+    backward pass reads, ``[r, z, n, (h W_hh)_n + b_hn]``."""
+    h = hprev.shape[-1]
+    if dtype is None:
+        gh = hprev @ w_hh
+    else:
+        gh = jnp.matmul(hprev.astype(dtype), w_hh, preferred_element_type=gx.dtype)
+    r = jax.nn.sigmoid(gx[:, :h] + gh[:, :h])
+    z = jax.nn.sigmoid(gx[:, h:2 * h] + gh[:, h:2 * h])
+    ghn = gh[:, 2 * h:] + b_hn
+    n = jnp.tanh(gx[:, 2 * h:] + r * ghn)
+    h_new = (1.0 - z) * n + z * hprev
+    return h_new, (h_new, jnp.concatenate([r, z, n, ghn], -1))
+
+
+def _gru_fwd_scan(gates_x, w_hh, b_hn, h0, dtype=None):
+    w = w_hh if dtype is None else w_hh.astype(dtype)  # cast once, outside the loop
+    return jax.lax.scan(lambda h, gx: _gru_cell(w, b_hn, h, gx, dtype), h0, gates_x)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def gru_recurrence(gates_x, w_hh, b_hn, h0, dtype: str | None = None):
+    """``gates_x (T, B, 3H)`` (input projection + bias, gate order r, z, n), ``w_hh (H, 3H)``,
+    ``b_hn (H,)`` and the start state ``h0 (B, H)`` -> ``(final h, hs (T, B, H))``.
+    ``dtype``: the products ``h @ W_hh`` (and the backward pass's) on operands of that dtype."""
+    h, (hs, _) = _gru_fwd_scan(gates_x, w_hh, b_hn, h0, dtype)
+    return h, hs
+
+
+def _gru_fwd(gates_x, w_hh, b_hn, h0, dtype):
+    h, (hs, acts) = _gru_fwd_scan(gates_x, w_hh, b_hn, h0, dtype)
+    return (h, hs), (w_hh, h0, hs, acts)
+
+
+def _gru_bwd(dtype, res, cts):
+    w_hh, h0, hs, acts = res
+    g_h_final, g_hs = cts
+    hid = hs.shape[-1]
+    h_prev_all = jnp.concatenate([h0[None], hs[:-1]], 0)
+    w_t = w_hh.T if dtype is None else w_hh.T.astype(dtype)
+
+    def body(dh, xs):
+        g_h, h_prev, a = xs
+        r, z, n, ghn = a[:, :hid], a[:, hid:2 * hid], a[:, 2 * hid:3 * hid], a[:, 3 * hid:]
+        dh = dh + g_h
+        dan = dh * (1.0 - z) * (1.0 - n * n)           # d(pre-activation of n)
+        dar = dan * ghn * r * (1.0 - r)
+        daz = dh * (h_prev - n) * z * (1.0 - z)
+        dgh = jnp.concatenate([dar, daz, dan * r], -1)  # d(h W_hh), the candidate's part through r
+        if dtype is None:
+            back = dgh @ w_t
+        else:
+            back = jnp.matmul(dgh.astype(dtype), w_t, preferred_element_type=dh.dtype)
+        return dh * z + back, (jnp.concatenate([dar, daz, dan], -1), dgh)
+
+    dh0, (dgates, dgh) = jax.lax.scan(body, g_h_final, (g_hs, h_prev_all, acts), reverse=True)
+    if dtype is None:
+        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all, dgh)
+    else:
+        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all.astype(dtype), dgh.astype(dtype),
+                         preferred_element_type=w_hh.dtype)
+    g_bhn = jnp.sum(dgh[..., 2 * hid:], axis=(0, 1)).astype(w_hh.dtype)
+    return dgates, g_w, g_bhn, dh0
+
+
+gru_recurrence.defvjp(_gru_fwd, _gru_bwd)

@@ -32,7 +32,8 @@ class LSTMMLP(nnx.Module):
     attributes (dropout ``dropout`` on its output; ``stride``: blocks of days per step,
     ``input_size``: width of its input layer, see :class:`~dpljax.nets.LSTM`); the others from
     an :class:`~dpljax.nets.MLP` of ``mlp_hidden`` on the attributes alone (dropout
-    ``mlp_dropout``), repeated along time. ``compute_dtype``: the LSTM's matrix products in
+    ``mlp_dropout``), repeated along time. ``cell``: the recurrent cell, ``"lstm"`` or ``"gru"``
+    (see :class:`~dpljax.nets.LSTM`). ``compute_dtype``: the LSTM's matrix products in
     mixed precision (see :class:`~dpljax.nets.LSTM`); the MLP, run once per basin, stays in
     the parameters' dtype.
     """
@@ -43,8 +44,8 @@ class LSTMMLP(nnx.Module):
     def __init__(self, n_dynamic: int, n_static: int, n_out: int, *, dynamic_columns: Sequence[int],
                  hidden: int = 64, dropout: float = 0.5, stride: int = 1, input_size: int | None = None,
                  mlp_hidden: Sequence[int] = (256,),
-                 mlp_dropout: float = 0.0, compute_dtype: str | None = None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 mlp_dropout: float = 0.0, compute_dtype: str | None = None, cell: str = "lstm",
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         dyn = sorted(int(c) for c in dynamic_columns)
         if not dyn:
             raise ValueError("net=lstm_mlp needs time-varying parameters (model.dynamic): without them "
@@ -53,7 +54,8 @@ class LSTMMLP(nnx.Module):
             raise ValueError(f"dynamic_columns must be distinct columns in [0, {n_out}), got {list(dynamic_columns)}")
         static = sorted(set(range(n_out)) - set(dyn))
         self.seq = LSTM(n_dynamic, n_static, len(dyn), hidden=hidden, dropout=dropout, stride=stride,
-                        input_size=input_size, compute_dtype=compute_dtype, param_dtype=param_dtype, rngs=rngs)
+                        input_size=input_size, compute_dtype=compute_dtype, cell=cell, param_dtype=param_dtype,
+                        rngs=rngs)
         self.mlp = MLP(n_dynamic, n_static, len(static), hidden=tuple(mlp_hidden), dropout=mlp_dropout,
                        param_dtype=param_dtype, rngs=rngs)
         # column c of the output is column order[c] of concat([mlp, lstm]): where c sits in static + dyn
