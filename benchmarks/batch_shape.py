@@ -30,11 +30,9 @@ def main(batches=(50, 100, 200), repeats: int = 6, hidden: int = 384) -> dict:
     from dpljax.parallel import use_host_devices
 
     use_host_devices(2)
-    import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
-    from benchmarks.step_parts import adjusted_setup, finish, first_step, time_interleaved
+    from benchmarks.step_parts import adjusted_setup, finish, first_step, step_record, time_interleaved
     from benchmarks.throughput import N_ATTR
     from benchmarks.warmup_grad import _busy
     from dpljax.losses import RMSECombined
@@ -48,24 +46,19 @@ def main(batches=(50, 100, 200), repeats: int = 6, hidden: int = 384) -> dict:
                     f"LSTM-{hidden} stride 7 + MLP [512, 512], dropout 0.5, Adam, RMSE-combined, 2 host devices",
            "repeats_each": repeats, "load_before": _busy(), "cases": {}}
     t_all = time.perf_counter()
-    runs, arrays_of = {}, {}
+    runs = {}
     for b in batches:
         arrays, space, dpl, tx, cfg = adjusted_setup(b, warm, win)
         net = LSTMMLP(3, N_ATTR, space.n_outputs, dynamic_columns=space.dynamic_columns, hidden=hidden, dropout=0.5,
                       stride=7, mlp_hidden=(512, 512), rngs=nnx.Rngs(0))
         graphdef, theta = nnx.split(net)
         step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
-        runs[b] = first_step(step, TrainState.create(theta, tx), arrays)
-        arrays_of[b] = arrays
+        runs[b] = {**first_step(step, TrainState.create(theta, tx), arrays), "arrays": arrays}
         print(b, "compiled", round(runs[b]["first_s"], 1), flush=True)
-    for _ in range(repeats):  # interleaved: one step of each batch size in turn
-        for b, r in runs.items():
-            time_interleaved({b: r}, arrays_of[b], 1)
+    time_interleaved(runs, None, repeats)  # one step of each batch size in turn, each on its own arrays
     for b, r in runs.items():
-        med = float(np.median(r["times"]))
-        out["cases"][str(b)] = {"median_s": med, "min_s": float(np.min(r["times"])),
-                                "times_s": [round(t, 4) for t in r["times"]], "compile_and_first_s": r["first_s"],
-                                "basin_days_per_s": b * win / med, "first_loss": r["first_loss"]}
+        rec = step_record(r)
+        out["cases"][str(b)] = {**rec, "basin_days_per_s": b * win / rec["median_s"]}
     ref = out["cases"]["100"]["basin_days_per_s"] if "100" in out["cases"] else None
     for c in out["cases"].values():
         c["throughput_over_b100"] = c["basin_days_per_s"] / ref if ref else None

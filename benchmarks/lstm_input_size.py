@@ -42,7 +42,7 @@ def time_lstm_steps(cases: dict, ref: str, what: str, out: Path, repeats: int = 
     import numpy as np
     from flax import nnx
 
-    from benchmarks.step_parts import adjusted_setup, finish, first_step, time_interleaved
+    from benchmarks.step_parts import adjusted_setup, finish, first_step, step_record, time_interleaved
     from benchmarks.throughput import N_ATTR, _probe
     from benchmarks.warmup_grad import _busy
     from dpljax.losses import RMSECombined
@@ -70,11 +70,9 @@ def time_lstm_steps(cases: dict, ref: str, what: str, out: Path, repeats: int = 
     time_interleaved(runs, arrays, repeats)
     ref_s = float(np.median(runs[ref]["times"]))
     for k, r in runs.items():
-        med = float(np.median(r["times"]))
-        record["cases"][k] = {"net": r["net"], "median_s": med, "min_s": float(np.min(r["times"])),
-                              f"relative_to_{ref}": med / ref_s, "times_s": [round(t, 4) for t in r["times"]],
-                              "compile_and_first_s": r["first_s"], "first_loss": r["first_loss"],
-                              "n_params": r["n_params"]}
+        rec = step_record(r)
+        med = rec["median_s"]
+        record["cases"][k] = {"net": r["net"], **rec, f"relative_to_{ref}": med / ref_s, "n_params": r["n_params"]}
         print(k, round(med, 3), round(med / ref_s, 3), flush=True)
     return finish(record, out, t_all, "probe_after", "BENCH_NOTE")
 

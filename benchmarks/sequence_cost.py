@@ -38,7 +38,7 @@ def main(repeats: int = 7, cases=CASES) -> dict:
     import numpy as np
     from flax import nnx
 
-    from benchmarks.step_parts import adjusted_setup, finish, first_step, time_interleaved
+    from benchmarks.step_parts import adjusted_setup, finish, first_step, step_record, time_interleaved
     from benchmarks.throughput import N_ATTR
     from benchmarks.warmup_grad import _busy
     from dpljax.losses import RMSECombined
@@ -62,15 +62,11 @@ def main(repeats: int = 7, cases=CASES) -> dict:
         runs[name]["spec"] = {"cell": cell, "hidden": hidden, "stride": stride,
                               "n_params": int(sum(np.size(x) for x in jax.tree.leaves(theta)))}
         print(name, "compiled", round(runs[name]["first_s"], 1), flush=True)
-    for _ in range(repeats):  # interleaved: one step of each case in turn
-        for name, r in runs.items():
-            time_interleaved({name: r}, arrays, 1)
+    time_interleaved(runs, arrays, repeats)  # one step of each case in turn
     ref = float(np.median(runs[cases[0][0]]["times"]))
     for name, r in runs.items():
-        med = float(np.median(r["times"]))
-        out["cases"][name] = {**r["spec"], "median_s": med, "min_s": float(np.min(r["times"])),
-                              "times_s": [round(t, 4) for t in r["times"]], "compile_and_first_s": r["first_s"],
-                              "first_loss": r["first_loss"], "speed_over_first": ref / med}
+        rec = step_record(r)
+        out["cases"][name] = {**r["spec"], **rec, "speed_over_first": ref / rec["median_s"]}
     print(json.dumps({k: (round(c["median_s"], 3), round(c["speed_over_first"], 2)) for k, c in out["cases"].items()}),
           flush=True)
     return finish(out, OUT, t_all, "probe", "SEQUENCE_COST_NOTE")

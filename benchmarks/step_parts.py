@@ -99,9 +99,7 @@ def main(repeats: int = 10) -> dict:
             step = make_train_step(dpl, source, tx, RMSECombined(), cfg)
             runs[name] = first_step(step, TrainState.create(jax.tree.map(jnp.copy, theta), tx), arrays)
         time_interleaved(runs, arrays, repeats)
-        res = {k: {"median_s": float(np.median(r["times"])), "min_s": float(np.min(r["times"])),
-                   "times_s": [round(t, 4) for t in r["times"]], "compile_and_first_s": r["first_s"],
-                   "first_loss": r["first_loss"]} for k, r in runs.items()}
+        res = {k: step_record(r) for k, r in runs.items()}
         res["speedup_parts_over_dense"] = res["dense"]["median_s"] / res["parts"]["median_s"]
         out["cases"][f"lstm{hidden}"] = res
         print(hidden, json.dumps({k: (v["median_s"] if isinstance(v, dict) else v) for k, v in res.items()}), flush=True)
@@ -120,15 +118,26 @@ def first_step(step, state, arrays) -> dict:
             "times": []}
 
 
+def step_record(run: dict) -> dict:
+    """A timed run's record: median and minimum seconds a step, the times, compile + first
+    step, and the first loss."""
+    import numpy as np
+
+    return {"median_s": float(np.median(run["times"])), "min_s": float(np.min(run["times"])),
+            "times_s": [round(t, 4) for t in run["times"]], "compile_and_first_s": run["first_s"],
+            "first_loss": run["first_loss"]}
+
+
 def time_interleaved(runs: dict, arrays, repeats: int) -> None:
     """``repeats`` rounds, each timing one step of every run in turn (so that all see the same
-    load); the seconds go to each run's ``times``."""
+    load); the seconds go to each run's ``times``. A run with ``"arrays"`` of its own (another
+    batch shape) steps on those instead of ``arrays``."""
     import jax
 
     for _ in range(repeats):
         for r in runs.values():
             t0 = time.perf_counter()
-            r["state"], info = r["step"](r["state"], arrays, jax.random.key(0))
+            r["state"], info = r["step"](r["state"], r.get("arrays", arrays), jax.random.key(0))
             jax.block_until_ready(info.loss)
             r["times"].append(time.perf_counter() - t0)
 
