@@ -86,8 +86,9 @@ class CheckpointFormatError(ValueError):
 @dataclass
 class RunRecord:
     """What a run has recorded so far, beyond its arrays: the per-epoch history, the losses of
-    the unfinished epoch, the skipped steps, the best validation score and its step, and the
-    wall time spent training (over every start of the run)."""
+    the unfinished epoch, the skipped steps, the best validation score and its step, the
+    wall time spent training (over every start of the run) and, under ``train.minutes``, the
+    re-plans that shortened the run to end inside its budget (:func:`dpljax.train.replan_epochs`)."""
 
     history: list = field(default_factory=list)
     epoch_losses: list = field(default_factory=list)
@@ -96,6 +97,7 @@ class RunRecord:
     best_score: float | None = None
     best_step: int | None = None
     elapsed_s: float = 0.0
+    replans: list = field(default_factory=list)
 
 
 @dataclass

@@ -350,6 +350,7 @@ def _run_locked(exp: Experiment, config: dict, run_dir: Path, log) -> dict:
                         resumed_from_step=result.resumed_from, epochs=result.epochs,
                         **({"budget": {k: v for k, v in result.budget.items() if k != "line"}}
                            if result.budget is not None else {}),
+                        **({"replans": result.replans} if result.replans else {}),
                         train_obs_masked=n_masked, test_obs_masked=int(test_missing.sum()),
                         n_excluded=len(report.excluded), excluded_basins=report.excluded,
                         data_warnings={k: {"basins": len(w["basins"]), "cells": w["cells"]}

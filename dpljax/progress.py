@@ -60,6 +60,13 @@ class Progress:
             self.bar = tqdm(total=self.total, initial=self.start, desc=desc, unit=unit[:-1] if unit.endswith("s") else unit,
                             file=stream, mininterval=0.5, dynamic_ncols=True)
 
+    def retotal(self, total: int) -> None:
+        """The work is now ``total`` units (a run re-planned to fewer steps)."""
+        self.total = int(total)
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     @property
     def is_bar(self) -> bool:
         """True when a tqdm bar is drawn (the stream is a terminal)."""

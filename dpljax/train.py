@@ -62,7 +62,11 @@ class TrainConfig:
     this machine (:func:`budget_epochs`, on a throwaway copy of the state) and trains the
     whole epochs that fit, at most ``epochs`` (then a maximum); the learning-rate schedule is
     laid over the epochs chosen, and the checkpoint keeps them, so a resumed run continues
-    the same plan. The budget counts the timing, both compilations and the epochs.
+    the same plan. The budget counts the timing, both compilations and the epochs. It is a
+    deadline: at each epoch's end the rest is projected at the last epoch's pace, and where the
+    machine has slowed so that it would overrun, the run is re-planned to the epochs that
+    still fit, the schedule laid over them (:func:`replan_epochs`; recorded in the checkpoint
+    and the result's ``replans``).
     ``ema``: a decay per step ``d`` (e.g. 0.999): the run keeps an exponential moving average
     of the parameters, ``sum <- d sum + (1 - d) theta`` after each applied step, divided by its
     weight ``1 - d^n`` (n applied steps; a skipped step changes neither). The average, not the
@@ -333,6 +337,30 @@ def budget_epochs(step: "TrainStep", state: "TrainState", arrays: Arrays, seed_k
             "compile_s": compile_s, "valid_s": valid_s, "timing_s": spent, "minutes": minutes, "line": line}
 
 
+def replan_epochs(*, done: int, planned: int, elapsed_s: float, epoch_s: float, minutes: float,
+                  recompile_s: float = 0.0) -> dict | None:
+    """The budget as a deadline: after ``done`` of ``planned`` epochs, ``elapsed_s`` into the
+    run, with the last epoch having taken ``epoch_s``, will the rest end inside ``minutes``?
+    If so, None. If not (the machine slowed down since the step was timed: shared cores, a
+    VM's drift), the whole epochs that fit in the same share of the budget as the first plan
+    (:data:`BUDGET_SHARE`), after ``recompile_s`` for the step of the new schedule; ``done``
+    itself when not one more fits (the run ends at this epoch). Only ever fewer epochs: a run
+    never grows past its first plan."""
+    deadline = 60.0 * minutes
+    projected = elapsed_s + (planned - done) * epoch_s
+    if done >= planned or projected <= deadline:
+        return None
+    left = BUDGET_SHARE * deadline - elapsed_s - recompile_s
+    epochs = done + (max(0, int(left // epoch_s)) if epoch_s > 0 else 0)
+    epochs = min(epochs, planned - 1)
+    return {"epoch": done, "epochs_from": planned, "epochs_to": epochs, "elapsed_s": elapsed_s,
+            "epoch_s": epoch_s, "projected_s": projected, "recompile_s": recompile_s,
+            "line": (f"train.minutes={minutes:g}: the last epoch took {epoch_s / 60:.2f} min, so the "
+                     f"{planned - done} planned after epoch {done} would end at {projected / 60:.1f} min; "
+                     + (f"re-planned to {epochs} epochs (the schedule laid over them)" if epochs > done
+                        else "no further epoch fits: the run ends here"))}
+
+
 def _checkpointed_epochs(run_dir, cfg: TrainConfig) -> int | None:
     """The epochs a budgeted run's checkpoint was planned with (None: no checkpoint to resume)."""
     if run_dir is None:
@@ -359,6 +387,7 @@ class TrainResult:
     resumed_from: int | None = None
     epochs: int | None = None      # the epochs trained (chosen by the budget under train.minutes)
     budget: dict | None = None     # the step timing behind that choice (a fresh budgeted run)
+    replans: list = field(default_factory=list)  # where the budget shortened the run (replan_epochs)
 
 
 #: Skipped batches recorded individually (steps, basins); beyond, only counted.
@@ -408,6 +437,9 @@ class Progress:
             self.shared.update(step + 1, f"loss={float(loss):.4f}" if step % 10 == 0 else "")
         else:  # ... or when a line is written
             self.shared.update(step + 1, lambda: f"loss={float(loss):.4f}")
+
+    def retotal(self, total: int) -> None:
+        self.shared.retotal(total)
 
     def epoch(self, entry: dict) -> None:
         if not self.shared.is_bar:
@@ -529,7 +561,7 @@ class Run:
     def result(self, state: TrainState) -> TrainResult:
         rec = self.record
         return TrainResult(state, self.plan.total, rec.history, self.best_theta, self.elapsed(),
-                           rec.skipped, rec.skipped_batches, self.resumed_from)
+                           rec.skipped, rec.skipped_batches, self.resumed_from, replans=list(rec.replans))
 
 
 def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[int], optax.GradientTransformation],
@@ -552,8 +584,8 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
     scheduled = not isinstance(tx, optax.GradientTransformation)
     fixed = None if scheduled else optimizer_of(tx, cfg.clip_grad_norm)  # one instance: the timed step is reused
 
-    def make_tx(total: int) -> optax.GradientTransformation:
-        return fixed if fixed is not None else optimizer_of(tx, cfg.clip_grad_norm, total)
+    def make_tx(total: int, given=tx) -> optax.GradientTransformation:  # the factory, not the ``tx`` built below
+        return fixed if fixed is not None else optimizer_of(given, cfg.clip_grad_norm, total)
     graphdef, theta = nnx.split(net)
     arrays = replicate(arrays, cfg.devices)
     t_start = time.perf_counter()
@@ -576,10 +608,10 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
             log(f"train.minutes={cfg.minutes:g}: resuming the checkpoint's plan of {epochs} epochs")
         cfg = replace(cfg, epochs=epochs)
         plan = RunPlan.of(arrays, cfg)
-    tx = make_tx(plan.total)
+    run_tx = make_tx(plan.total)
     run = Run(cfg, plan, run_dir, basins, dict(meta or {}), log)
-    state = run.start(TrainState.create(theta, tx, ema=cfg.ema is not None), scheduled)
-    train_step = timed_step or make_train_step(dpl, graphdef, tx, loss_fn, cfg)
+    state = run.start(TrainState.create(theta, run_tx, ema=cfg.ema is not None), scheduled)
+    train_step = timed_step or make_train_step(dpl, graphdef, run_tx, loss_fn, cfg)
     state = replicate(state, cfg.devices)
     if cfg.devices > 1:
         log(f"training: each batch's {cfg.batch_basins} basins split over {cfg.devices} "
@@ -587,13 +619,43 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
     run.clock()
     if budget is not None:  # the budget's own timing is training time too
         run.record.elapsed_s += time.perf_counter() - t_start
+    # Under train.minutes the budget is a deadline: at each epoch's end (from the second of this
+    # process on, the first holding a compilation) the rest of the plan is projected at the
+    # last epoch's pace and, if it would overrun, shortened (replan_epochs): the schedule is
+    # laid over the new total (another compilation: the first step's time when not timed).
+    recompile_s = 0.0 if not scheduled else (budget["compile_s"] if budget is not None else None)
+    last_check = None
     with Progress(cfg.progress, plan.total, run.step0, log) as progress:
-        for step in range(run.step0, plan.total):
+        step = run.step0
+        while step < plan.total:
+            t = time.perf_counter()
             state, info = train_step(state, arrays, plan.seed_key)
             run.after_step(step, state, info)
+            if recompile_s is None:  # after_step read the step's result: the step is done
+                recompile_s = time.perf_counter() - t
             progress.step(step, info.loss)
-            entry = run.end_epoch(step + 1, state.model(), validate) if (step + 1) % plan.ipe == 0 else None
-            run.checkpoint_if_due(step + 1, state)
+            step += 1
+            entry = run.end_epoch(step, state.model(), validate) if step % plan.ipe == 0 else None
+            if entry is not None and cfg.minutes is not None:
+                now = run.elapsed()
+                change = None if last_check is None else replan_epochs(
+                    done=step // plan.ipe, planned=cfg.epochs, elapsed_s=now, epoch_s=now - last_check,
+                    minutes=cfg.minutes, recompile_s=recompile_s or 0.0)
+                last_check = now
+                if change is not None:
+                    log(change.pop("line"))
+                    run.record.replans.append(change)
+                    cfg = replace(cfg, epochs=change["epochs_to"])
+                    plan = RunPlan.of(arrays, cfg)
+                    run.cfg, run.plan = cfg, plan
+                    progress.retotal(plan.total)
+                    if step < plan.total and scheduled:
+                        train_step = make_train_step(dpl, graphdef, make_tx(plan.total), loss_fn, cfg)
+                        last_check = None  # the next epoch holds the compilation: not a pace
+                    elif step == plan.total and validate is not None and "valid" not in entry:
+                        entry["valid"] = float(validate(state.model()))  # the run's last epoch now
+                        run.offer_best(entry["valid"], step, state.model())
+            run.checkpoint_if_due(step, state)
             if entry is not None:
                 progress.epoch(entry)
     result = run.result(state)
