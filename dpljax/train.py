@@ -545,6 +545,14 @@ class Run:
         if self.dir is not None:
             save_checkpoint(self.dir / "best.npz", self.best_theta, {"step": step, "score": score})
 
+    def replan(self, change: dict, arrays: Arrays) -> tuple[TrainConfig, RunPlan]:
+        """The run shortened to ``change["epochs_to"]`` epochs (:func:`replan_epochs`),
+        recorded, so that the checkpoints keep the new plan."""
+        self.record.replans.append(change)
+        self.cfg = replace(self.cfg, epochs=change["epochs_to"])
+        self.plan = RunPlan.of(arrays, self.cfg)
+        return self.cfg, self.plan
+
     def checkpoint_if_due(self, done: int, state: TrainState) -> None:
         """At the end of every ``checkpoint_every``-th epoch and of the run, and in between
         every ``checkpoint_minutes`` of wall time."""
@@ -562,6 +570,32 @@ class Run:
         rec = self.record
         return TrainResult(state, self.plan.total, rec.history, self.best_theta, self.elapsed(),
                            rec.skipped, rec.skipped_batches, self.resumed_from, replans=list(rec.replans))
+
+
+class Deadline:
+    """``train.minutes`` as a deadline: at each epoch's end (from the second of a process on,
+    the first holding a compilation) the rest of the plan is projected at the last epoch's
+    pace and, where it would overrun, shortened (:func:`replan_epochs`). ``recompile_s``: what
+    a step of a new schedule costs to compile (None: taken from the first step of this
+    process, which compiles)."""
+
+    def __init__(self, minutes: float, recompile_s: float | None):
+        self.minutes, self.recompile_s, self.last = minutes, recompile_s, None
+
+    def stepped(self, seconds: float) -> None:
+        if self.recompile_s is None:
+            self.recompile_s = seconds
+
+    def check(self, elapsed_s: float, done: int, planned: int) -> dict | None:
+        change = None if self.last is None else replan_epochs(
+            done=done, planned=planned, elapsed_s=elapsed_s, epoch_s=elapsed_s - self.last,
+            minutes=self.minutes, recompile_s=self.recompile_s or 0.0)
+        self.last = elapsed_s
+        return change
+
+    def compiled(self) -> None:
+        """A new program: the next epoch holds its compilation, so it sets no pace."""
+        self.last = None
 
 
 def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[int], optax.GradientTransformation],
@@ -619,42 +653,31 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
     run.clock()
     if budget is not None:  # the budget's own timing is training time too
         run.record.elapsed_s += time.perf_counter() - t_start
-    # Under train.minutes the budget is a deadline: at each epoch's end (from the second of this
-    # process on, the first holding a compilation) the rest of the plan is projected at the
-    # last epoch's pace and, if it would overrun, shortened (replan_epochs): the schedule is
-    # laid over the new total (another compilation: the first step's time when not timed).
-    recompile_s = 0.0 if not scheduled else (budget["compile_s"] if budget is not None else None)
-    last_check = None
+    deadline = None if cfg.minutes is None else \
+        Deadline(cfg.minutes, 0.0 if not scheduled else (budget["compile_s"] if budget is not None else None))
     with Progress(cfg.progress, plan.total, run.step0, log) as progress:
         step = run.step0
         while step < plan.total:
             t = time.perf_counter()
             state, info = train_step(state, arrays, plan.seed_key)
-            run.after_step(step, state, info)
-            if recompile_s is None:  # after_step read the step's result: the step is done
-                recompile_s = time.perf_counter() - t
+            run.after_step(step, state, info)  # reads the step's result: the step is done
+            if deadline is not None:
+                deadline.stepped(time.perf_counter() - t)
             progress.step(step, info.loss)
             step += 1
             entry = run.end_epoch(step, state.model(), validate) if step % plan.ipe == 0 else None
-            if entry is not None and cfg.minutes is not None:
-                now = run.elapsed()
-                change = None if last_check is None else replan_epochs(
-                    done=step // plan.ipe, planned=cfg.epochs, elapsed_s=now, epoch_s=now - last_check,
-                    minutes=cfg.minutes, recompile_s=recompile_s or 0.0)
-                last_check = now
-                if change is not None:
-                    log(change.pop("line"))
-                    run.record.replans.append(change)
-                    cfg = replace(cfg, epochs=change["epochs_to"])
-                    plan = RunPlan.of(arrays, cfg)
-                    run.cfg, run.plan = cfg, plan
-                    progress.retotal(plan.total)
-                    if step < plan.total and scheduled:
-                        train_step = make_train_step(dpl, graphdef, make_tx(plan.total), loss_fn, cfg)
-                        last_check = None  # the next epoch holds the compilation: not a pace
-                    elif step == plan.total and validate is not None and "valid" not in entry:
-                        entry["valid"] = float(validate(state.model()))  # the run's last epoch now
-                        run.offer_best(entry["valid"], step, state.model())
+            change = deadline.check(run.elapsed(), step // plan.ipe, cfg.epochs) \
+                if entry is not None and deadline is not None else None
+            if change is not None:
+                log(change.pop("line"))
+                cfg, plan = run.replan(change, arrays)
+                progress.retotal(plan.total)
+                if step < plan.total and scheduled:  # the schedule laid over the new total
+                    train_step = make_train_step(dpl, graphdef, make_tx(plan.total), loss_fn, cfg)
+                    deadline.compiled()
+                elif step == plan.total and validate is not None and "valid" not in entry:
+                    entry["valid"] = float(validate(state.model()))  # the run's last epoch now
+                    run.offer_best(entry["valid"], step, state.model())
             run.checkpoint_if_due(step, state)
             if entry is not None:
                 progress.epoch(entry)
