@@ -1,0 +1,143 @@
+"""Our runs against a published model basin by basin, on the published per-basin scores.
+
+A median against a median hides which basins a comparison covers. Where a study published its
+per-basin scores (``benchmarks/anchors/<name>.json``, with the source, licence and protocol),
+this pairs them with a run's on the same basins: each side's median over those basins, the
+median of the paired differences and the basins where the run is better. A PUB run is compared
+fold by fold (its finished folds: a run still training compares what it has) and pooled::
+
+    python -m benchmarks.anchor SOURCE [--anchor kratzert2019] [--series pub_lstm] [--out FILE]
+
+``SOURCE``: a run directory (a PUB run with ``pub.json`` and ``fold_*/``, or a single run
+with ``metrics_test.csv``), or a recorded ``results/<name>.json`` (its ``per_basin_nse``).
+A basin of the run that the anchor lacks is an error naming it: nothing is dropped silently.
+``--common`` compares on the basins both have instead (e.g. a 671-basin run against a
+531-basin study), and says how many of the run's were left out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ANCHORS = HERE / "anchors"
+
+
+def load_anchor(name: str, anchors: Path = ANCHORS) -> dict:
+    path = anchors / f"{name}.json"
+    if not path.exists():
+        have = sorted(p.stem for p in anchors.glob("*.json"))
+        raise ValueError(f"no published per-basin scores named {name!r} in {anchors} (have: {have})")
+    return json.loads(path.read_text())
+
+
+def _scores(csv: Path) -> dict[str, float]:
+    table = pd.read_csv(csv, dtype={"basin": str})
+    return {str(b): float(v) for b, v in zip(table["basin"], table["nse"])}
+
+
+def run_scores(source: str | Path) -> dict[str, dict[str, float]]:
+    """Per-basin test NSE of ``source`` by part: ``fold_<k>`` for each finished fold of a PUB
+    run directory, else one part ``all``."""
+    source = Path(source)
+    if source.is_file():
+        rec = json.loads(source.read_text())
+        if "per_basin_nse" not in rec:
+            raise ValueError(f"{source} has no per_basin_nse (a recorded result of benchmarks.camels record)")
+        return {"all": {str(b): float(v) for b, v in rec["per_basin_nse"].items()}}
+    if (source / "pub.json").exists():
+        folds = sorted((f for f in source.glob("fold_*") if (f / "summary.json").exists()),
+                       key=lambda f: int(f.name.split("_")[1]))
+        if not folds:
+            raise ValueError(f"{source}: no PUB fold is finished yet (a finished fold has a summary.json)")
+        return {f.name: _scores(f / "metrics_test.csv") for f in folds}
+    if (source / "metrics_test.csv").exists():
+        return {"all": _scores(source / "metrics_test.csv")}
+    raise ValueError(f"{source} is neither a run directory (metrics_test.csv, or pub.json with "
+                     "fold_*/) nor a recorded results JSON")
+
+
+def paired(ours: dict[str, float], ref: dict[str, float | None]) -> dict:
+    """The run against the reference on the run's basins (all of which the reference must
+    have, with a score)."""
+    missing = sorted(b for b in ours if ref.get(b) is None)
+    if missing:
+        raise ValueError(f"the published scores lack {len(missing)} of the run's basins: "
+                         f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    basins = sorted(ours)
+    diff = [ours[b] - ref[b] for b in basins]
+    return {"n_basins": len(basins),
+            "median_nse": statistics.median(ours[b] for b in basins),
+            "anchor_median_nse": statistics.median(ref[b] for b in basins),
+            "median_paired_difference": statistics.median(diff),
+            "better_in": sum(d > 0 for d in diff)}
+
+
+def compare(source: str | Path, anchor: str = "kratzert2019", series: str = "pub_lstm",
+            anchors: Path = ANCHORS, common: bool = False) -> dict:
+    a = load_anchor(anchor, anchors)
+    if series not in a["series"]:
+        raise ValueError(f"{anchor} has no series {series!r} (has: {sorted(a['series'])})")
+    ref = a["series"][series]["nse"]
+    parts = run_scores(source)
+    left_out = {}
+    if common:
+        for k, v in parts.items():
+            left_out[k] = sorted(b for b in v if ref.get(b) is None)
+            parts[k] = {b: x for b, x in v.items() if ref.get(b) is not None}
+    out = {"source": str(source), "anchor": anchor, "series": series,
+           "series_what": a["series"][series]["what"], "protocol": a.get("protocol"),
+           "parts": {k: paired(v, ref) for k, v in parts.items()}}
+    if common:
+        out["left_out"] = {k: {"n_basins": len(v), "basins": v} for k, v in left_out.items()}
+    if len(parts) > 1:
+        pooled = {}
+        for k, v in parts.items():
+            twice = sorted(set(pooled) & set(v))
+            if twice:
+                raise ValueError(f"{source}: basins {twice[:5]} are in more than one fold")
+            pooled.update(v)
+        out["pooled"] = paired(pooled, ref)
+    return out
+
+
+def lines(result: dict) -> list[str]:
+    rows = [f"{result['source']} against {result['anchor']}:{result['series']} ({result['series_what']})"]
+    for k, v in result.get("left_out", {}).items():
+        if v["n_basins"]:
+            rows.append(f"{k}: {v['n_basins']} of the run's basins are not in the published scores, left out")
+    for k, r in list(result["parts"].items()) + ([("pooled", result["pooled"])] if "pooled" in result else []):
+        rows.append(f"{k}: {r['n_basins']} basins, median NSE {r['median_nse']:.4f} against "
+                    f"{r['anchor_median_nse']:.4f}, paired median difference {r['median_paired_difference']:+.4f}, "
+                    f"better in {r['better_in']} of {r['n_basins']}")
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("source")
+    p.add_argument("--anchor", default="kratzert2019")
+    p.add_argument("--series", default="pub_lstm")
+    p.add_argument("--common", action="store_true",
+                   help="compare on the basins both have (the run's others are listed as left out)")
+    p.add_argument("--out", help="write the comparison here as JSON")
+    args = p.parse_args(argv)
+    result = compare(args.source, args.anchor, args.series, common=args.common)
+    print("\n".join(lines(result)))
+    if args.out:
+        import subprocess
+        import sys
+
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+        record = {"what": "python -m benchmarks.anchor " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "git_commit": commit or None, **result}
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
