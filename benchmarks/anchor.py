@@ -12,14 +12,19 @@ fold by fold (its finished folds: a run still training compares what it has) and
 with ``metrics_test.csv``), or a recorded ``results/<name>.json`` (its ``per_basin_nse``).
 A basin of the run that the anchor lacks is an error naming it: nothing is dropped silently.
 ``--common`` compares on the basins both have instead (e.g. a 671-basin run against a
-531-basin study), and says how many of the run's were left out.
+531-basin study), and says how many of the run's were left out. ``--by aridity,frac_snow``
+splits the pooled basins into terciles of each attribute (read from the CAMELS-US store,
+``--store`` or $DPLJAX_CAMELS_US) and pairs each tercile: where the run wins and loses.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
+
+import numpy as np
 
 import pandas as pd
 
@@ -78,7 +83,9 @@ def paired(ours: dict[str, float], ref: dict[str, float | None]) -> dict:
 
 
 def compare(source: str | Path, anchor: str = "kratzert2019", series: str = "pub_lstm",
-            anchors: Path = ANCHORS, common: bool = False) -> dict:
+            anchors: Path = ANCHORS, common: bool = False, by=None, store=None) -> dict:
+    """The comparison (see the module's doc); ``by``: attribute names to split the pooled
+    basins by (read from ``store``), or ``{attribute: {basin: value}}`` given directly."""
     a = load_anchor(anchor, anchors)
     if series not in a["series"]:
         raise ValueError(f"{anchor} has no series {series!r} (has: {sorted(a['series'])})")
@@ -94,15 +101,53 @@ def compare(source: str | Path, anchor: str = "kratzert2019", series: str = "pub
            "parts": {k: paired(v, ref) for k, v in parts.items()}}
     if common:
         out["left_out"] = {k: {"n_basins": len(v), "basins": v} for k, v in left_out.items()}
+    pooled = {}
     if len(parts) > 1:
-        pooled = {}
         for k, v in parts.items():
             twice = sorted(set(pooled) & set(v))
             if twice:
                 raise ValueError(f"{source}: basins {twice[:5]} are in more than one fold")
             pooled.update(v)
         out["pooled"] = paired(pooled, ref)
+    else:
+        pooled = next(iter(parts.values()))
+    if by:
+        out["by"] = by_terciles(pooled, ref, store_attributes(list(by), sorted(pooled), store)
+                                if not isinstance(by, dict) else by)
     return out
+
+
+def by_terciles(ours: dict[str, float], ref: dict, attributes: dict[str, dict[str, float]]) -> dict:
+    """``paired`` within the lower, middle and upper third of the basins by each attribute
+    (``{attribute: {basin: value}}``, every basin of ``ours`` with a finite value)."""
+    out = {}
+    for name, values in attributes.items():
+        bad = sorted(b for b in ours if not np.isfinite(values.get(b, np.nan)))
+        if bad:
+            raise ValueError(f"attribute {name!r} has no value for basins {bad[:10]}")
+        basins = sorted(ours, key=lambda b: (values[b], b))
+        thirds = np.array_split(np.array(basins), 3)
+        out[name] = {label: {**paired({b: ours[b] for b in part}, ref),
+                             "range": [float(values[part[0]]), float(values[part[-1]])]}
+                     for label, part in zip(("low", "mid", "high"), thirds)}
+    return out
+
+
+def store_attributes(names: list[str], basins: list[str], store: str | Path | None = None) -> dict:
+    """``{attribute: {basin: value}}`` from the CAMELS-US store."""
+    import xarray as xr
+
+    store = store or os.environ.get("DPLJAX_CAMELS_US") or HERE.parent.parent / "shared" / "data" / "camels_us.zarr"
+    ds = xr.open_zarr(store)
+    missing = [n for n in names if n not in ds]
+    if missing:
+        raise ValueError(f"{store} has no attribute {missing}")
+    have = {str(b) for b in ds["basin"].values}
+    absent = sorted(set(basins) - have)
+    if absent:
+        raise ValueError(f"{store} has no basins {absent[:10]}")
+    sub = ds[names].sel(basin=basins).load()
+    return {n: dict(zip(basins, np.asarray(sub[n].values, float))) for n in names}
 
 
 def lines(result: dict) -> list[str]:
@@ -110,10 +155,15 @@ def lines(result: dict) -> list[str]:
     for k, v in result.get("left_out", {}).items():
         if v["n_basins"]:
             rows.append(f"{k}: {v['n_basins']} of the run's basins are not in the published scores, left out")
+    def one(k, r):
+        return (f"{k}: {r['n_basins']} basins, median NSE {r['median_nse']:.4f} against "
+                f"{r['anchor_median_nse']:.4f}, paired median difference {r['median_paired_difference']:+.4f}, "
+                f"better in {r['better_in']} of {r['n_basins']}")
     for k, r in list(result["parts"].items()) + ([("pooled", result["pooled"])] if "pooled" in result else []):
-        rows.append(f"{k}: {r['n_basins']} basins, median NSE {r['median_nse']:.4f} against "
-                    f"{r['anchor_median_nse']:.4f}, paired median difference {r['median_paired_difference']:+.4f}, "
-                    f"better in {r['better_in']} of {r['n_basins']}")
+        rows.append(one(k, r))
+    for name, terciles in result.get("by", {}).items():
+        for label, r in terciles.items():
+            rows.append(one(f"{name} {label} ({r['range'][0]:.3g}-{r['range'][1]:.3g})", r))
     return rows
 
 
@@ -124,9 +174,12 @@ def main(argv=None) -> dict:
     p.add_argument("--series", default="pub_lstm")
     p.add_argument("--common", action="store_true",
                    help="compare on the basins both have (the run's others are listed as left out)")
+    p.add_argument("--by", help="attributes, comma-separated: pair each tercile of the basins by each")
+    p.add_argument("--store", help="the CAMELS-US store for --by (default $DPLJAX_CAMELS_US)")
     p.add_argument("--out", help="write the comparison here as JSON")
     args = p.parse_args(argv)
-    result = compare(args.source, args.anchor, args.series, common=args.common)
+    result = compare(args.source, args.anchor, args.series, common=args.common,
+                     by=args.by.split(",") if args.by else None, store=args.store)
     print("\n".join(lines(result)))
     if args.out:
         import subprocess

@@ -92,3 +92,34 @@ def test_the_vendored_kratzert2019_scores(camels_zarr):
     in_531 = {str(b) for b in np.asarray(ds["basin"].values)[np.asarray(ds["in_531"].values).astype(bool)]}
     for s in a["series"].values():
         assert set(s["nse"]) == in_531
+
+
+def test_terciles_of_an_attribute_pair_each_third(tmp_path):
+    """Six basins, ranked by an attribute into thirds of two: the run wins in the wet third and
+    loses in the dry one; a basin without a value is named."""
+    ref = {f"0100000{i}": 0.5 for i in range(6)}
+    anchors = _anchor(tmp_path, ref)
+    rec = tmp_path / "rec.json"
+    ours = {"01000000": 0.7, "01000001": 0.6, "01000002": 0.5, "01000003": 0.5, "01000004": 0.3, "01000005": 0.2}
+    rec.write_text(json.dumps({"per_basin_nse": ours}))
+    aridity = {"01000000": 0.3, "01000001": 0.4, "01000002": 0.8, "01000003": 0.9, "01000004": 2.0, "01000005": 1.5}
+    r = A.compare(rec, "study", "pub", anchors=anchors, by={"aridity": aridity})
+    t = r["by"]["aridity"]
+    assert t["low"]["median_paired_difference"] == pytest.approx(0.15) and t["low"]["better_in"] == 2
+    assert t["low"]["range"] == [0.3, 0.4] and t["high"]["range"] == [1.5, 2.0]
+    assert t["mid"]["median_paired_difference"] == pytest.approx(0.0) and t["mid"]["better_in"] == 0
+    assert t["high"]["median_paired_difference"] == pytest.approx(-0.25) and t["high"]["n_basins"] == 2
+    assert any(x.startswith("aridity high (1.5-2): 2 basins") for x in A.lines(r))
+    with pytest.raises(ValueError, match=r"attribute 'aridity' has no value for basins \['01000005'\]"):
+        A.compare(rec, "study", "pub", anchors=anchors, by={"aridity": {**aridity, "01000005": float("nan")}})
+
+
+def test_terciles_read_from_the_store(camels_zarr):
+    """The attribute read from the CAMELS-US store for the run's basins: 531 basins in thirds
+    of 177, their aridity ranges in order."""
+    r = A.compare(A.HERE / "results" / "camels671_temporal_1h_h384.json", "kratzert2019", "global_lstm_static",
+                  common=True, by=["aridity"], store=camels_zarr)
+    t = r["by"]["aridity"]
+    assert [t[k]["n_basins"] for k in ("low", "mid", "high")] == [177, 177, 177]
+    assert t["low"]["range"][1] <= t["mid"]["range"][0] and t["mid"]["range"][1] <= t["high"]["range"][0]
+    assert r["left_out"]["all"]["n_basins"] == 140
