@@ -25,7 +25,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
@@ -73,6 +72,10 @@ def paired(ours: dict[str, float], ref: dict[str, float | None]) -> dict:
     if missing:
         raise ValueError(f"the published scores lack {len(missing)} of the run's basins: "
                          f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    undefined = sorted(b for b, v in ours.items() if not np.isfinite(v))
+    if undefined:
+        raise ValueError(f"the run's NSE is not finite for {len(undefined)} basins: {undefined[:10]} "
+                         "(no test observations?); the medians would be undefined")
     basins = sorted(ours)
     diff = [ours[b] - ref[b] for b in basins]
     return {"n_basins": len(basins),

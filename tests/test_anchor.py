@@ -57,6 +57,8 @@ def test_a_basin_the_study_lacks_is_named_unless_common_is_asked(tmp_path):
         A.compare(run, "study", "pub", anchors=anchors)
     r = A.compare(run, "study", "pub", anchors=anchors, common=True)
     assert r["parts"]["fold_0"]["n_basins"] == 1 and r["left_out"]["fold_0"]["basins"] == ["01000002", "01000003"]
+    with pytest.raises(ValueError, match=r"not finite for 1 basins: \['01000001'\]"):
+        A.paired({"01000001": float("nan")}, {"01000001": 0.5})
     with pytest.raises(ValueError, match="no series 'gauged'"):
         A.compare(run, "study", "gauged", anchors=anchors)
     with pytest.raises(ValueError, match="no published per-basin scores named 'other'"):
