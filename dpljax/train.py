@@ -618,8 +618,8 @@ def fit(dpl: DPL, net: nnx.Module, tx: optax.GradientTransformation | Callable[[
     scheduled = not isinstance(tx, optax.GradientTransformation)
     fixed = None if scheduled else optimizer_of(tx, cfg.clip_grad_norm)  # one instance: the timed step is reused
 
-    def make_tx(total: int, given=tx) -> optax.GradientTransformation:  # the factory, not the ``tx`` built below
-        return fixed if fixed is not None else optimizer_of(given, cfg.clip_grad_norm, total)
+    def make_tx(total: int) -> optax.GradientTransformation:  # ``tx`` stays the caller's (a factory)
+        return fixed if fixed is not None else optimizer_of(tx, cfg.clip_grad_norm, total)
     graphdef, theta = nnx.split(net)
     arrays = replicate(arrays, cfg.devices)
     t_start = time.perf_counter()

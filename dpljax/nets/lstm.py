@@ -205,6 +205,23 @@ def _mixed_bwd(dtype, res, g):
 _mixed_matmul.defvjp(_mixed_fwd, _mixed_bwd)
 
 
+def _loop_matmul(a, w_cast, dtype: str | None, acc_dtype):
+    """``a @ w_cast`` inside a recurrence's loop (``w_cast`` already cast by the caller, once,
+    outside it); with ``dtype``, ``a`` is rounded to it and the product accumulated in
+    ``acc_dtype``."""
+    if dtype is None:
+        return a @ w_cast
+    return jnp.matmul(a.astype(dtype), w_cast, preferred_element_type=acc_dtype)
+
+
+def _weight_grad(h_prev_all, dgates, dtype: str | None, out_dtype):
+    """``dW_hh = sum_t h_{t-1}^T dgates_t`` as one product over all steps and basins."""
+    if dtype is None:
+        return jnp.einsum("tbh,tbg->hg", h_prev_all, dgates)
+    return jnp.einsum("tbh,tbg->hg", h_prev_all.astype(dtype), dgates.astype(dtype),
+                      preferred_element_type=out_dtype)
+
+
 # The recurrence with a hand-written backward pass. Autodiff of the scan accumulates
 # dW_hh += h_{t-1}^T dgates_t inside the reverse loop: T small (H x B) @ (B x 4H) products and
 # a (H, 4H) read-modify-write per step. Here the reverse loop only carries (dh, dc) and emits
@@ -214,10 +231,7 @@ def _cell(w_hh, carry, gx, dtype: str | None = None):
     cast by the caller), accumulated in ``gx``'s."""
     hprev, cprev = carry
     h = hprev.shape[-1]
-    if dtype is None:
-        g = gx + hprev @ w_hh
-    else:
-        g = gx + jnp.matmul(hprev.astype(dtype), w_hh, preferred_element_type=gx.dtype)
+    g = gx + _loop_matmul(hprev, w_hh, dtype, gx.dtype)
     i = jax.nn.sigmoid(g[:, :h])
     f = jax.nn.sigmoid(g[:, h:2 * h])
     gg = jnp.tanh(g[:, 2 * h:3 * h])
@@ -269,21 +283,12 @@ def _recurrence_bwd_core(w_hh, h0, c0, hs, cs, acts, cts, dtype=None):
         dc = dc + dh * o * (1.0 - tc * tc)
         dgates = jnp.concatenate([dc * gg * i * (1.0 - i), dc * c_prev * f * (1.0 - f),
                                   dc * i * (1.0 - gg * gg), dh * tc * o * (1.0 - o)], -1)
-        if dtype is None:
-            dh_prev = dgates @ w_t
-        else:
-            dh_prev = jnp.matmul(dgates.astype(dtype), w_t, preferred_element_type=dh.dtype)
-        return (dh_prev, dc * f), dgates
+        return (_loop_matmul(dgates, w_t, dtype, dh.dtype), dc * f), dgates
 
     (dh0, dc0), dgates = jax.lax.scan(body, (g_h_final, g_c_final), (g_hs, cs, c_prev_all, acts),
                                       reverse=True)
     h_prev_all = jnp.concatenate([h0[None], hs[:-1]], 0)
-    if dtype is None:
-        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all, dgates)
-    else:
-        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all.astype(dtype), dgates.astype(dtype),
-                         preferred_element_type=w_hh.dtype)
-    return dgates, g_w, dh0, dc0
+    return dgates, _weight_grad(h_prev_all, dgates, dtype, w_hh.dtype), dh0, dc0
 
 
 def _recurrence_bwd(dtype, res, cts):
@@ -325,10 +330,7 @@ def _gru_cell(w_hh, b_hn, hprev, gx, dtype: str | None = None):
     """One GRU step (``w_hh`` already cast by the caller): ``h'`` and the activations the
     backward pass reads, ``[r, z, n, (h W_hh)_n + b_hn]``."""
     h = hprev.shape[-1]
-    if dtype is None:
-        gh = hprev @ w_hh
-    else:
-        gh = jnp.matmul(hprev.astype(dtype), w_hh, preferred_element_type=gx.dtype)
+    gh = _loop_matmul(hprev, w_hh, dtype, gx.dtype)
     r = jax.nn.sigmoid(gx[:, :h] + gh[:, :h])
     z = jax.nn.sigmoid(gx[:, h:2 * h] + gh[:, h:2 * h])
     ghn = gh[:, 2 * h:] + b_hn
@@ -371,18 +373,10 @@ def _gru_bwd(dtype, res, cts):
         dar = dan * ghn * r * (1.0 - r)
         daz = dh * (h_prev - n) * z * (1.0 - z)
         dgh = jnp.concatenate([dar, daz, dan * r], -1)  # d(h W_hh), the candidate's part through r
-        if dtype is None:
-            back = dgh @ w_t
-        else:
-            back = jnp.matmul(dgh.astype(dtype), w_t, preferred_element_type=dh.dtype)
-        return dh * z + back, (jnp.concatenate([dar, daz, dan], -1), dgh)
+        return dh * z + _loop_matmul(dgh, w_t, dtype, dh.dtype), (jnp.concatenate([dar, daz, dan], -1), dgh)
 
     dh0, (dgates, dgh) = jax.lax.scan(body, g_h_final, (g_hs, h_prev_all, acts), reverse=True)
-    if dtype is None:
-        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all, dgh)
-    else:
-        g_w = jnp.einsum("tbh,tbg->hg", h_prev_all.astype(dtype), dgh.astype(dtype),
-                         preferred_element_type=w_hh.dtype)
+    g_w = _weight_grad(h_prev_all, dgh, dtype, w_hh.dtype)
     g_bhn = jnp.sum(dgh[..., 2 * hid:], axis=(0, 1)).astype(w_hh.dtype)
     return dgates, g_w, g_bhn, dh0
 
