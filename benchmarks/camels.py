@@ -11,6 +11,8 @@
     python -m benchmarks.camels table                 # the table in benchmarks/README.md
     python -m benchmarks.camels keep RUN_DIR NAME     # a PUB run's finished folds -> weights/NAME/
     python -m benchmarks.camels restore NAME RUN_DIR  # ... and back, to finish the other folds
+    python -m benchmarks.camels half NAME             # weights/NAME's weights.npz stored as float16
+                                                      # (then `check NAME` again)
 
 ``weights/NAME/`` holds what ``dpljax evaluate`` needs (config.yaml, normalizer.json,
 weights.npz; for PUB runs every fold's), so each recorded number can be reproduced without
@@ -262,6 +264,26 @@ def _calibration_record(run_dir: Path, summary: dict) -> dict:
     return rec
 
 
+def half(name: str, weights: Path = WEIGHTS) -> list[str]:
+    """Store the committed weights of ``weights/NAME`` (every fold's, for a PUB run) as float16:
+    half the bytes in the repository. The recorded median must then be reproduced from the
+    rounded weights: ``check NAME`` writes the difference into results/NAME.json."""
+    from dpljax.checkpoint import store_half
+
+    files = sorted((weights / name).rglob("weights.npz"))
+    if not files:
+        raise ValueError(f"{weights / name} holds no weights.npz")
+    for f in files:
+        store_half(f)
+    rec_path = RESULTS / f"{name}.json"
+    if weights == WEIGHTS and rec_path.exists():  # say so beside the number they must reproduce
+        rec = json.loads(rec_path.read_text())
+        rec["weights_stored_as"] = "float16 (benchmarks.camels half; reproduced_abs_diff is from them)"
+        rec.pop("reproduced_abs_diff", None)
+        rec_path.write_text(json.dumps(rec, indent=1))
+    return [str(f.relative_to(weights)) for f in files]
+
+
 def check(name: str) -> float:
     """Re-evaluate the committed weights; returns |median NSE - recorded|."""
     rec = json.loads((RESULTS / f"{name}.json").read_text())
@@ -374,6 +396,8 @@ if __name__ == "__main__":
         print(f"folds kept in {WEIGHTS / args[1]}: {keep(*args)}")
     elif cmd == "restore":
         print(f"folds restored into {args[1]}: {restore(*args)}")
+    elif cmd == "half":
+        print("stored as float16:", *half(*args))
     elif cmd == "table":
         write_table()
         print(table())

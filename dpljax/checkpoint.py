@@ -49,6 +49,28 @@ def save_checkpoint(path: str | Path, tree: Any, meta: dict) -> None:
         pass
 
 
+def store_half(path: str | Path) -> dict:
+    """Rewrite a checkpoint's float32 arrays as float16, in place and atomically: half the size
+    of a file of weights kept for evaluation (``load_checkpoint`` casts them back to the
+    model's float32). The metadata records it (``stored_dtype``); the scores computed from the
+    rounded weights must be checked again (``python -m benchmarks.camels check``). Raises if a
+    value would not fit in float16 (|x| > 65504) or if the file is a training checkpoint, whose
+    optimiser state must stay exact for a resume. Returns the metadata written."""
+    path = Path(path)
+    with np.load(path) as z:
+        meta = json.loads(z["__meta__"].tobytes().decode())
+        leaves = [z[f"leaf_{i}"] for i in range(sum(1 for k in z.files if k.startswith("leaf_")))]
+    if "iters_per_epoch" in meta:
+        raise ValueError(f"{path} is a training checkpoint: its optimiser state must stay float32 to resume")
+    big = [i for i, a in enumerate(leaves) if a.dtype == np.float32 and a.size and np.abs(a).max() > 65504]
+    if big:
+        raise ValueError(f"{path}: arrays {big} hold values beyond float16's range (65504)")
+    halved = [a.astype(np.float16) if a.dtype == np.float32 else a for a in leaves]
+    meta = {**meta, "stored_dtype": "float16"}
+    save_checkpoint(path, halved, meta)
+    return meta
+
+
 def read_checkpoint_meta(path: str | Path) -> dict:
     """The metadata of a checkpoint, without loading its arrays."""
     with np.load(path) as z:

@@ -1,4 +1,6 @@
-"""benchmarks.camels record: a result names the command that trained it, overrides included."""
+"""benchmarks.camels record: a result names the command that trained it, overrides included; `half`
+stores committed weights as float16."""
+import pytest
 import yaml
 
 from benchmarks import camels
@@ -48,3 +50,21 @@ def test_an_ensemble_of_recorded_runs_is_recorded_and_evaluate_reproduces_it(tmp
     assert json.loads((weights / "camels_ens" / "ensemble.json").read_text())["members"] == ["../camels_a",
                                                                                            "../camels_b"]
     assert camels.check("camels_ens") < 1e-4  # `dpljax evaluate weights/camels_ens`: its printed median
+
+
+def test_half_stores_every_fold_s_weights_as_float16_and_refuses_an_empty_directory(tmp_path):
+    import numpy as np
+
+    from dpljax.checkpoint import read_checkpoint_meta, save_checkpoint
+
+    for sub in ("run", "run/fold_0", "run/fold_3"):
+        save_checkpoint(tmp_path / sub / "weights.npz", [np.ones((4, 4), np.float32)], {"step": 1})
+    assert camels.half("run", weights=tmp_path) == ["run/fold_0/weights.npz", "run/fold_3/weights.npz",
+                                                    "run/weights.npz"]
+    for sub in ("run", "run/fold_0", "run/fold_3"):
+        assert read_checkpoint_meta(tmp_path / sub / "weights.npz")["stored_dtype"] == "float16"
+        with np.load(tmp_path / sub / "weights.npz") as z:
+            assert z["leaf_0"].dtype == np.float16
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no weights.npz"):
+        camels.half("empty", weights=tmp_path)

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from dpljax.checkpoint import (CheckpointFormatError, CheckpointMeta, RunRecord, load_training,
-                               read_checkpoint_meta, read_training_meta, save_checkpoint, save_training)
+                               load_checkpoint, read_checkpoint_meta, read_training_meta, save_checkpoint, save_training,
+                               store_half)
 from dpljax.train import TrainState
 
 
@@ -90,3 +91,29 @@ def test_a_structure_mismatch_is_an_error(tmp_path):
     other = TrainState.create({"w": jnp.zeros((3, 4))}, optax.sgd(1.0))
     with pytest.raises(ValueError, match="holds .* arrays, the model needs"):
         load_training(path, other, other.theta)
+
+
+def test_weights_stored_as_float16_load_as_float32_within_rounding(tmp_path):
+    """``store_half`` halves a weights file: loaded back against the float32 model every leaf is
+    float32 and within float16's rounding (2**-11 relative) of the original, integer leaves are
+    untouched, the metadata says so; a training checkpoint and an out-of-range value refuse."""
+    rng = np.random.default_rng(0)
+    tree = {"w": jnp.asarray(rng.normal(size=(64, 32)) * 3, jnp.float32), "n": jnp.arange(5, dtype=jnp.int32)}
+    path = tmp_path / "weights.npz"
+    save_checkpoint(path, tree, {"step": 9})
+    size = path.stat().st_size
+    meta = store_half(path)
+    assert meta == {"step": 9, "stored_dtype": "float16"} == read_checkpoint_meta(path)
+    assert path.stat().st_size < 0.6 * size
+    got, _ = load_checkpoint(path, tree)
+    assert got["w"].dtype == jnp.float32 and got["n"].dtype == jnp.int32
+    np.testing.assert_array_equal(got["n"], tree["n"])
+    np.testing.assert_allclose(got["w"], tree["w"], rtol=2.0 ** -11, atol=0)
+    assert not np.array_equal(got["w"], tree["w"])  # it was rounded, not kept
+
+    save_checkpoint(path, {"w": jnp.full(3, 7e4, jnp.float32)}, {})
+    with pytest.raises(ValueError, match="beyond float16"):
+        store_half(path)
+    save_training(path, _state(), None, _meta())
+    with pytest.raises(ValueError, match="training checkpoint"):
+        store_half(path)
