@@ -15,6 +15,9 @@ A basin of the run that the anchor lacks is an error naming it: nothing is dropp
 531-basin study), and says how many of the run's were left out. ``--by aridity,frac_snow``
 splits the pooled basins into terciles of each attribute (read from the CAMELS-US store,
 ``--store`` or $DPLJAX_CAMELS_US) and pairs each tercile: where the run wins and loses.
+``--decompose`` adds, for the run (a run directory: its ``predictions_test.zarr``), the median
+of each term of ``1 - NSE = timing + variability + volume`` (:func:`dpljax.metrics.nse_terms`)
+pooled and in each tercile: why it loses there.
 """
 from __future__ import annotations
 
@@ -65,6 +68,36 @@ def run_scores(source: str | Path) -> dict[str, dict[str, float]]:
                      "fold_*/) nor a recorded results JSON")
 
 
+def run_terms(source: str | Path) -> dict[str, dict[str, float]]:
+    """Per basin of a run directory (every finished fold of a PUB run), the terms of 1 - NSE
+    (:func:`dpljax.metrics.nse_terms`) from its test predictions."""
+    import xarray as xr
+
+    from dpljax.metrics import nse_terms
+
+    source = Path(source)
+    dirs = ([f for f in source.glob("fold_*") if (f / "summary.json").exists()]
+            if (source / "pub.json").exists() else [source])
+    out = {}
+    for d in dirs:
+        if not (d / "predictions_test.zarr").exists():
+            raise ValueError(f"{d} has no predictions_test.zarr: --decompose needs a run directory's test "
+                             "predictions (committed weights: `dpljax evaluate` writes them)")
+        ds = xr.open_zarr(d / "predictions_test.zarr").load()
+        for i, b in enumerate(ds["basin"].values):
+            out[str(b)] = nse_terms(ds["q_sim"].values[i], ds["q_obs"].values[i])
+    return out
+
+
+def median_terms(terms: dict[str, dict[str, float]], basins) -> dict[str, float]:
+    """The median over ``basins`` of each term (every basin must have them)."""
+    missing = sorted(set(basins) - set(terms))
+    if missing:
+        raise ValueError(f"no test predictions for basins {missing[:10]}")
+    keys = next(iter(terms.values())).keys()
+    return {k: float(np.nanmedian([terms[b][k] for b in basins])) for k in keys}
+
+
 def paired(ours: dict[str, float], ref: dict[str, float | None]) -> dict:
     """The run against the reference on the run's basins (all of which the reference must
     have, with a score)."""
@@ -86,7 +119,8 @@ def paired(ours: dict[str, float], ref: dict[str, float | None]) -> dict:
 
 
 def compare(source: str | Path, anchor: str = "kratzert2019", series: str = "pub_lstm",
-            anchors: Path = ANCHORS, common: bool = False, by=None, store=None) -> dict:
+            anchors: Path = ANCHORS, common: bool = False, by=None, store=None,
+            decompose: bool = False) -> dict:
     """The comparison (see the module's doc); ``by``: attribute names to split the pooled
     basins by (read from ``store``), or ``{attribute: {basin: value}}`` given directly."""
     a = load_anchor(anchor, anchors)
@@ -114,15 +148,20 @@ def compare(source: str | Path, anchor: str = "kratzert2019", series: str = "pub
         out["pooled"] = paired(pooled, ref)
     else:
         pooled = next(iter(parts.values()))
+    terms = run_terms(source) if decompose else None
+    if terms is not None:
+        out["terms"] = median_terms(terms, pooled)
     if by:
         out["by"] = by_terciles(pooled, ref, store_attributes(list(by), sorted(pooled), store)
-                                if not isinstance(by, dict) else by)
+                                if not isinstance(by, dict) else by, terms)
     return out
 
 
-def by_terciles(ours: dict[str, float], ref: dict, attributes: dict[str, dict[str, float]]) -> dict:
+def by_terciles(ours: dict[str, float], ref: dict, attributes: dict[str, dict[str, float]],
+                terms: dict | None = None) -> dict:
     """``paired`` within the lower, middle and upper third of the basins by each attribute
-    (``{attribute: {basin: value}}``, every basin of ``ours`` with a finite value)."""
+    (``{attribute: {basin: value}}``, every basin of ``ours`` with a finite value), with the
+    run's median terms of 1 - NSE in each third when ``terms`` (of :func:`run_terms`) is given."""
     out = {}
     for name, values in attributes.items():
         bad = sorted(b for b in ours if not np.isfinite(values.get(b, np.nan)))
@@ -131,7 +170,8 @@ def by_terciles(ours: dict[str, float], ref: dict, attributes: dict[str, dict[st
         basins = sorted(ours, key=lambda b: (values[b], b))
         thirds = np.array_split(np.array(basins), 3)
         out[name] = {label: {**paired({b: ours[b] for b in part}, ref),
-                             "range": [float(values[part[0]]), float(values[part[-1]])]}
+                             "range": [float(values[part[0]]), float(values[part[-1]])],
+                             **({"terms": median_terms(terms, part)} if terms is not None else {})}
                      for label, part in zip(("low", "mid", "high"), thirds)}
     return out
 
@@ -159,11 +199,15 @@ def lines(result: dict) -> list[str]:
         if v["n_basins"]:
             rows.append(f"{k}: {v['n_basins']} of the run's basins are not in the published scores, left out")
     def one(k, r):
+        t = r.get("terms")
         return (f"{k}: {r['n_basins']} basins, median NSE {r['median_nse']:.4f} against "
                 f"{r['anchor_median_nse']:.4f}, paired median difference {r['median_paired_difference']:+.4f}, "
-                f"better in {r['better_in']} of {r['n_basins']}")
+                f"better in {r['better_in']} of {r['n_basins']}"
+                + (f"; run's median r {t['r']:.3f}, alpha {t['alpha']:.3f}, 1-NSE terms: timing "
+                   f"{t['timing']:.3f}, variability {t['variability']:.3f}, volume {t['volume']:.3f}" if t else ""))
+    pooled = result.get("pooled", next(iter(result["parts"].values())) if len(result["parts"]) == 1 else None)
     for k, r in list(result["parts"].items()) + ([("pooled", result["pooled"])] if "pooled" in result else []):
-        rows.append(one(k, r))
+        rows.append(one(k, {**r, "terms": result["terms"]} if r is pooled and "terms" in result else r))
     for name, terciles in result.get("by", {}).items():
         for label, r in terciles.items():
             rows.append(one(f"{name} {label} ({r['range'][0]:.3g}-{r['range'][1]:.3g})", r))
@@ -179,10 +223,13 @@ def main(argv=None) -> dict:
                    help="compare on the basins both have (the run's others are listed as left out)")
     p.add_argument("--by", help="attributes, comma-separated: pair each tercile of the basins by each")
     p.add_argument("--store", help="the CAMELS-US store for --by (default $DPLJAX_CAMELS_US)")
+    p.add_argument("--decompose", action="store_true",
+                   help="the run's median terms of 1 - NSE (timing, variability, volume), pooled and per tercile")
     p.add_argument("--out", help="write the comparison here as JSON")
     args = p.parse_args(argv)
     result = compare(args.source, args.anchor, args.series, common=args.common,
-                     by=args.by.split(",") if args.by else None, store=args.store)
+                     by=args.by.split(",") if args.by else None, store=args.store,
+                     decompose=args.decompose)
     print("\n".join(lines(result)))
     if args.out:
         import subprocess

@@ -120,6 +120,27 @@ def flv(sim, obs, low: float = 0.3, eps: float = 1e-6) -> float:
     return float(-100.0 * (qs - qo) / qo) if qo > 0 else np.nan
 
 
+TERMS = ("r", "alpha", "timing", "variability", "volume")
+
+
+def nse_terms(sim, obs) -> dict:
+    """Where a basin's NSE is lost: ``1 - NSE = (1 - r^2) + (alpha - r)^2 + beta_n^2`` exactly
+    (Murphy 1988; Gupta et al. 2009), with ``r`` the correlation, ``alpha = std(sim)/std(obs)``
+    and ``beta_n = (mean sim - mean obs) / std(obs)`` (population statistics over the days with
+    an observation). ``timing`` = 1 - r^2, the loss no rescaling can remove; ``variability`` =
+    (alpha - r)^2, too flashy (alpha > r) or too damped; ``volume`` = beta_n^2, the mean's bias.
+    Returns those three with ``r`` and ``alpha``; all NaN where NSE is undefined."""
+    try:
+        s, o = _pair(sim, obs)
+    except _NonFiniteSim:
+        return dict.fromkeys(TERMS, np.nan)
+    if len(o) < 2 or o.std() == 0:
+        return dict.fromkeys(TERMS, np.nan)
+    r = float(np.corrcoef(s, o)[0, 1]) if s.std() > 0 else 0.0
+    a = float(s.std() / o.std())
+    return dict(zip(TERMS, (r, a, 1.0 - r * r, (a - r) ** 2, float((s.mean() - o.mean()) / o.std()) ** 2)))
+
+
 nse, pearson_r, kge, rmse, bias, fhv, flv = map(_undefined_is_nan, (nse, pearson_r, kge, rmse, bias, fhv, flv))
 FUNCS = {"nse": nse, "kge": kge, "rmse": rmse, "bias": bias, "r": pearson_r, "fhv": fhv, "flv": flv}
 

@@ -125,3 +125,39 @@ def test_terciles_read_from_the_store(camels_zarr):
     assert [t[k]["n_basins"] for k in ("low", "mid", "high")] == [177, 177, 177]
     assert t["low"]["range"][1] <= t["mid"]["range"][0] and t["mid"]["range"][1] <= t["high"]["range"][0]
     assert r["left_out"]["all"]["n_basins"] == 140
+
+
+def test_decompose_gives_the_run_s_terms_pooled_and_per_tercile(tmp_path):
+    """Two folds with test predictions: a flashy basin (sim = 2 obs - mean) in the high third of
+    an attribute, a wet one (obs + 1) in the low third; the medians of the terms land in the
+    right third, pooled over both folds; a fold without predictions is named."""
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    obs = {f"0100000{i}": rng.gamma(0.8, 2.0, 200) for i in range(6)}
+    kind = {"01000000": "wet", "01000001": "wet", "01000002": "same", "01000003": "same",
+            "01000004": "flashy", "01000005": "flashy"}
+    sim = {b: {"wet": o + 1.0, "same": o.copy(), "flashy": 2 * o - o.mean()}[kind[b]] for b, o in obs.items()}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pub.json").write_text("{}")
+    for k, basins in enumerate((["01000000", "01000002", "01000004"], ["01000001", "01000003", "01000005"])):
+        _fold(run, k, {b: 1.0 - float(np.mean((sim[b] - obs[b]) ** 2) / np.var(obs[b])) for b in basins})
+        xr.Dataset({"q_obs": (("basin", "time"), np.stack([obs[b] for b in basins])),
+                    "q_sim": (("basin", "time"), np.stack([sim[b] for b in basins]))},
+                   coords={"basin": basins}).to_zarr(run / f"fold_{k}" / "predictions_test.zarr")
+    anchors = _anchor(tmp_path, {b: 0.5 for b in obs})
+    attr = {b: float(i) for i, b in enumerate(sorted(obs))}
+    r = A.compare(run, "study", "pub", anchors=anchors, by={"x": attr}, decompose=True)
+    lo, mid, hi = (r["by"]["x"][t]["terms"] for t in ("low", "mid", "high"))
+    assert lo["volume"] == pytest.approx(np.median([1 / np.std(obs[b]) ** 2 for b in ("01000000", "01000001")]))
+    assert lo["timing"] == pytest.approx(0, abs=1e-12) and mid["variability"] == pytest.approx(0, abs=1e-12)
+    assert hi["alpha"] == pytest.approx(2.0) and hi["variability"] == pytest.approx(1.0)
+    assert hi["volume"] == pytest.approx(0, abs=1e-12) and r["terms"]["r"] == pytest.approx(1.0)
+    assert r["terms"]["alpha"] == pytest.approx(1.0)  # the pooled median: 1, 1 | 1, 1 | 2, 2
+    assert any("pooled: 6 basins" in x and "variability" in x for x in A.lines(r))
+    import shutil
+
+    shutil.rmtree(run / "fold_1" / "predictions_test.zarr")
+    with pytest.raises(ValueError, match=r"fold_1 has no predictions_test.zarr"):
+        A.compare(run, "study", "pub", anchors=anchors, decompose=True)

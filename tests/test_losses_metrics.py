@@ -112,3 +112,28 @@ def test_a_nan_simulation_never_scores_as_a_perfect_fit(name):
     # A NaN prediction on a day without observation is masked as before.
     obs_gap = jnp.array([[1.0, jnp.nan, 2.0], [1.0, 1.0, 1.0]])
     assert np.isfinite(float(loss.per_basin(pred, obs_gap, std)[0]))
+
+
+def test_nse_terms_add_up_to_one_minus_nse_and_name_the_failure():
+    """The three terms sum to 1 - NSE on random, flashy, damped and biased simulations (with
+    missing days); each failure shows in its own term; NaN and too-short inputs give NaN."""
+    rng = np.random.default_rng(3)
+    obs = rng.gamma(0.8, 2.0, 400)
+    obs[::17] = np.nan
+    ok = np.isfinite(obs)
+    cases = {"noisy": obs + rng.normal(0, 0.8, 400), "flashy": 1.8 * obs - 0.8 * np.nanmean(obs),
+             "damped": 0.4 * obs + 0.6 * np.nanmean(obs), "wet": obs + 1.5}
+    got = {}
+    for name, sim in cases.items():
+        t = M.nse_terms(sim, obs)
+        assert t["timing"] + t["variability"] + t["volume"] == pytest.approx(1 - M.nse(sim, obs), rel=1e-10)
+        assert t["r"] == pytest.approx(np.corrcoef(sim[ok], obs[ok])[0, 1])
+        got[name] = t
+    assert got["flashy"]["alpha"] == pytest.approx(1.8) and got["flashy"]["variability"] == pytest.approx(0.64)
+    assert got["damped"]["alpha"] == pytest.approx(0.4) and got["damped"]["variability"] == pytest.approx(0.36)
+    assert got["wet"]["volume"] == pytest.approx((1.5 / np.nanstd(obs)) ** 2)
+    assert got["wet"]["timing"] == pytest.approx(0, abs=1e-12) and got["flashy"]["volume"] == pytest.approx(0, abs=1e-12)
+    bad_sim = cases["noisy"].copy()
+    bad_sim[1] = np.nan  # on a day with an observation (day 0 has none)
+    assert all(np.isnan(v) for v in M.nse_terms(bad_sim, obs).values())
+    assert all(np.isnan(v) for v in M.nse_terms(obs[:1], obs[:1]).values())
