@@ -205,9 +205,9 @@ def lines(result: dict) -> list[str]:
                 f"better in {r['better_in']} of {r['n_basins']}"
                 + (f"; run's median r {t['r']:.3f}, alpha {t['alpha']:.3f}, 1-NSE terms: timing "
                    f"{t['timing']:.3f}, variability {t['variability']:.3f}, volume {t['volume']:.3f}" if t else ""))
-    pooled = result.get("pooled", next(iter(result["parts"].values())) if len(result["parts"]) == 1 else None)
-    for k, r in list(result["parts"].items()) + ([("pooled", result["pooled"])] if "pooled" in result else []):
-        rows.append(one(k, {**r, "terms": result["terms"]} if r is pooled and "terms" in result else r))
+    parts = list(result["parts"].items()) + ([("pooled", result["pooled"])] if "pooled" in result else [])
+    for k, r in parts:  # the last row holds the pooled basins (the only part of a single run)
+        rows.append(one(k, {**r, "terms": result["terms"]} if k == parts[-1][0] and "terms" in result else r))
     for name, terciles in result.get("by", {}).items():
         for label, r in terciles.items():
             rows.append(one(f"{name} {label} ({r['range'][0]:.3g}-{r['range'][1]:.3g})", r))

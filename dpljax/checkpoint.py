@@ -57,9 +57,7 @@ def store_half(path: str | Path) -> dict:
     value would not fit in float16 (|x| > 65504) or if the file is a training checkpoint, whose
     optimiser state must stay exact for a resume. Returns the metadata written."""
     path = Path(path)
-    with np.load(path) as z:
-        meta = json.loads(z["__meta__"].tobytes().decode())
-        leaves = [z[f"leaf_{i}"] for i in range(sum(1 for k in z.files if k.startswith("leaf_")))]
+    leaves, meta = _read(path)
     if "iters_per_epoch" in meta:
         raise ValueError(f"{path} is a training checkpoint: its optimiser state must stay float32 to resume")
     big = [i for i, a in enumerate(leaves) if a.dtype == np.float32 and a.size and np.abs(a).max() > 65504]
@@ -77,21 +75,25 @@ def read_checkpoint_meta(path: str | Path) -> dict:
         return json.loads(z["__meta__"].tobytes().decode())
 
 
+def _read(path: str | Path) -> tuple[list[np.ndarray], dict]:
+    """A checkpoint's arrays, in leaf order, as stored, and its metadata."""
+    with np.load(path) as z:
+        n = sum(1 for k in z.files if k.startswith("leaf_"))
+        return [z[f"leaf_{i}"] for i in range(n)], json.loads(z["__meta__"].tobytes().decode())
+
+
 def load_checkpoint(path: str | Path, like: Any) -> tuple[Any, dict]:
     """Restore a tree with the structure of ``like`` and return it with the metadata."""
-    with np.load(path) as z:
-        meta = json.loads(z["__meta__"].tobytes().decode())
-        leaves_like, treedef = jax.tree.flatten(like)
-        n = sum(1 for k in z.files if k.startswith("leaf_"))
-        if n != len(leaves_like):
-            raise ValueError(f"checkpoint {path} holds {n} arrays, the model needs {len(leaves_like)}"
-                             " (was it written by a different network or optimizer?)")
-        leaves = []
-        for i, ref in enumerate(leaves_like):
-            a = z[f"leaf_{i}"]
-            if a.shape != np.shape(ref):
-                raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(ref)}")
-            leaves.append(jnp.asarray(a, dtype=jnp.asarray(ref).dtype))
+    stored, meta = _read(path)
+    leaves_like, treedef = jax.tree.flatten(like)
+    if len(stored) != len(leaves_like):
+        raise ValueError(f"checkpoint {path} holds {len(stored)} arrays, the model needs {len(leaves_like)}"
+                         " (was it written by a different network or optimizer?)")
+    leaves = []
+    for i, (a, ref) in enumerate(zip(stored, leaves_like)):
+        if a.shape != np.shape(ref):
+            raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(ref)}")
+        leaves.append(jnp.asarray(a, dtype=jnp.asarray(ref).dtype))
     return jax.tree.unflatten(treedef, leaves), meta
 
 

@@ -38,14 +38,14 @@ def _pair(sim, obs):
     return sim[ok], obs[ok]
 
 
-def _undefined_is_nan(fn):
+def _undefined_is_nan(fn, undefined=lambda: np.nan):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             with np.errstate(all="ignore"):
                 return fn(*args, **kwargs)
         except _NonFiniteSim:
-            return np.nan
+            return undefined()
 
     return wrapper
 
@@ -130,10 +130,7 @@ def nse_terms(sim, obs) -> dict:
     an observation). ``timing`` = 1 - r^2, the loss no rescaling can remove; ``variability`` =
     (alpha - r)^2, too flashy (alpha > r) or too damped; ``volume`` = beta_n^2, the mean's bias.
     Returns those three with ``r`` and ``alpha``; all NaN where NSE is undefined."""
-    try:
-        s, o = _pair(sim, obs)
-    except _NonFiniteSim:
-        return dict.fromkeys(TERMS, np.nan)
+    s, o = _pair(sim, obs)
     if len(o) < 2 or o.std() == 0:
         return dict.fromkeys(TERMS, np.nan)
     r = float(np.corrcoef(s, o)[0, 1]) if s.std() > 0 else 0.0
@@ -142,6 +139,7 @@ def nse_terms(sim, obs) -> dict:
 
 
 nse, pearson_r, kge, rmse, bias, fhv, flv = map(_undefined_is_nan, (nse, pearson_r, kge, rmse, bias, fhv, flv))
+nse_terms = _undefined_is_nan(nse_terms, lambda: dict.fromkeys(TERMS, np.nan))
 FUNCS = {"nse": nse, "kge": kge, "rmse": rmse, "bias": bias, "r": pearson_r, "fhv": fhv, "flv": flv}
 
 

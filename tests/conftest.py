@@ -11,11 +11,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # subprocesses the CLI tests start inherit it): the many fits of the same small programs in
 # different tests compile once, not once per test (test_budget.py alone: 386 s -> 177 s).
 # A fresh directory each session, removed at its end, so a run here costs what it costs in CI.
+_OWN_JAX_CACHE = None  # the directory this process made (the controller's), removed at the end
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
     import tempfile
 
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dpljax-test-jax-cache-")
-    os.environ["DPLJAX_TEST_OWNS_JAX_CACHE"] = "1"
+    _OWN_JAX_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dpljax-test-jax-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
@@ -87,10 +87,10 @@ def short_fit_learns(sample, config: dict) -> None:
 
 def pytest_unconfigure(config):
     """The session's compilation cache is removed by the process that made it."""
-    if os.environ.get("DPLJAX_TEST_OWNS_JAX_CACHE") and "PYTEST_XDIST_WORKER" not in os.environ:
+    if _OWN_JAX_CACHE:
         import shutil
 
-        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+        shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)
 
 
 def shared_data() -> Path | None:
