@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .models.base import ProcessModel, simulate as simulate_model
+from .nets.members import Stacked, raw_of
 from .params import ParameterSpace
 
 
@@ -105,13 +106,9 @@ class NetworkSource:
     def __call__(self, theta, batch, key=None, detach: int = 0):
         """``detach > 0``: a sequence network runs its first ``detach`` steps forward only
         (see :meth:`dpljax.nets.LSTM.__call__`); a static network has no steps to detach. A
-        network with a ``parts`` method hands over :class:`~dpljax.params.RawParts`."""
-        net = nnx.merge(self.graphdef, theta)
-        if callable(getattr(net, "parts", None)):  # split output (net=lstm_mlp): no dense array
-            return net.parts(batch.x_dynamic, batch.x_static, key=key, detach=detach)
-        if detach and getattr(net, "is_sequence", False):
-            return net(batch.x_dynamic, batch.x_static, key=key, detach=detach)
-        return net(batch.x_dynamic, batch.x_static, key=key)
+        network with a ``parts`` method hands over :class:`~dpljax.params.RawParts`; an ensemble
+        (:class:`~dpljax.nets.Members`) a :class:`~dpljax.nets.Stacked` (see :func:`raw_of`)."""
+        return raw_of(nnx.merge(self.graphdef, theta), batch.x_dynamic, batch.x_static, key=key, detach=detach)
 
 
 class TableSource:
@@ -169,8 +166,9 @@ class DPL:
     def __call__(self, net: nnx.Module, x_dynamic, x_static, forcing, *, key: jax.Array | None = None,
                  return_all: bool = False):
         """Routed streamflow ``(B, T)`` (mm/d) from a network (the :class:`Result` with
-        ``return_all``). ``forcing`` maps the model's forcing names to ``(B, T)`` arrays."""
-        res = self.from_raw(net(x_dynamic, x_static, key=key), forcing)
+        ``return_all``; an ensemble's: see :func:`simulate`). ``forcing`` maps the model's
+        forcing names to ``(B, T)`` arrays."""
+        res = _chain(self, raw_of(net, x_dynamic, x_static, key=key), forcing)
         return res if return_all else res.q
 
 
@@ -178,7 +176,7 @@ jax.tree_util.register_pytree_node(
     DPL, lambda d: ((d.chain,), d.space), lambda space, c: DPL(c[0], space))
 
 
-def simulate(dpl: DPL, source, theta, batch, key=None, detach: int = 0) -> Result:
+def simulate(dpl: DPL, source, theta, batch, key=None, detach: int = 0, each_member: bool = False) -> Result:
     """The composition as a pure function of ``theta`` (and of ``dpl``'s weights, if any):
     what is jit-compiled and differentiated. ``batch`` has ``forcing`` (a mapping of
     ``(B, T)`` arrays), and what the source reads (``x_dynamic``, ``x_static``).
@@ -188,7 +186,39 @@ def simulate(dpl: DPL, source, theta, batch, key=None, detach: int = 0) -> Resul
     with the warm-up's end treated as a constant: the process model's state (and the warm-up
     runoff that routing carries into the later days), and a sequence network's hidden state.
     Parameters shared by both parts (static ones, routing) get their gradient through the
-    later days. The backward pass then skips the warm-up altogether."""
-    if not detach:
-        return dpl.from_raw(source(theta, batch, key), batch.forcing)
-    return dpl.from_raw(source(theta, batch, key, detach=detach), batch.forcing, detach=detach)
+    later days. The backward pass then skips the warm-up altogether.
+
+    An ensemble source (``net.members``: :class:`~dpljax.nets.Members`) gives each basin ``M``
+    parameter sets; the chain runs every member (the members folded into the batch) and
+    returns their mean routed streamflow ``q (B, T)``, or with ``each_member`` the members'
+    own ``q (B, M, T)``. The members' parameter sets are returned as ``M x nmul`` components
+    (``(B, M * nmul)``, ``(B, T, M * nmul)``, member-major), as are the final states; the
+    fluxes are the mean over all of them; routing parameters are ``(B, M)``."""
+    return _chain(dpl, source(theta, batch, key, detach=detach) if detach else source(theta, batch, key),
+                  batch.forcing, detach, each_member)
+
+
+def _chain(dpl: DPL, raw, forcing, detach: int = 0, each_member: bool = False) -> Result:
+    if not isinstance(raw, Stacked):
+        return dpl.from_raw(raw, forcing, detach=detach)
+    raw = raw.raw
+    m, b = jax.tree.leaves(raw)[0].shape[:2]
+    # basin-major fold (B*M): a basin's members stay with it where the batch is split by basin
+    fold = lambda a: jnp.swapaxes(a, 0, 1).reshape(b * m, *a.shape[2:])  # noqa: E731
+    res = dpl.from_raw(jax.tree.map(fold, raw), {n: jnp.repeat(v, m, axis=0) for n, v in forcing.items()},
+                       detach=detach)
+    unfold = lambda a: a.reshape(b, m, *a.shape[1:])  # noqa: E731
+
+    def components(a):  # (B*M, nmul, ...) -> (B, M * nmul, ...); (B*M,) -> (B, M)
+        a = unfold(a)
+        return a if a.ndim == 2 else a.reshape(b, m * a.shape[2], *a.shape[3:])
+
+    def param(a):  # static (B*M, nmul) or time-varying (B*M, T, nmul): members join the components
+        if a.ndim == 3:
+            return jnp.moveaxis(unfold(a), 1, 2).reshape(b, a.shape[1], m * a.shape[2])
+        return components(a)
+
+    q = unfold(res.q)
+    return Result(q if each_member else q.mean(1), jax.tree.map(lambda a: unfold(a).mean(1), res.fluxes),
+                  jax.tree.map(components, res.state), {k: param(v) for k, v in res.params.items()},
+                  {k: unfold(v) for k, v in res.routing.items()})

@@ -34,6 +34,7 @@ from .data.normalize import Normalizer
 from .dpl import DPL
 from .losses import LOSSES
 from .models.base import MODELS
+from .nets.members import Members, Stacked
 from .nets.registry import NETS
 from .schedules import make_schedule
 from .checkpoint import read_training_meta, save_checkpoint
@@ -60,11 +61,19 @@ class Experiment:
     tx: optax.GradientTransformation | Callable[[int], optax.GradientTransformation]
     net_name: str
     net_options: dict
+    #: ``net.members``: > 1 trains that many networks of the configuration as an ensemble in
+    #: one program (:class:`~dpljax.nets.Members`): the model's flow is their mean.
+    net_members: int = 1
 
     def make_net(self, n_dynamic: int, n_static: int, seed: int | None = None) -> nnx.Module:
         cls = NETS[self.net_name]
-        return cls(n_dynamic, n_static, self.dpl.space.n_outputs, **self.net_options, **_layout(cls, self.dpl),
-                   rngs=nnx.Rngs(self.train.seed if seed is None else seed))
+
+        def make(rngs: nnx.Rngs) -> nnx.Module:
+            return cls(n_dynamic, n_static, self.dpl.space.n_outputs, **self.net_options, **_layout(cls, self.dpl),
+                       rngs=rngs)
+
+        rngs = nnx.Rngs(self.train.seed if seed is None else seed)
+        return make(rngs) if self.net_members == 1 else Members(make, self.net_members, rngs=rngs)
 
 
 def _layout(net_cls, dpl: DPL) -> dict:
@@ -153,6 +162,10 @@ def build(config: dict) -> Experiment:
         raise ConfigError(f"unknown top-level config key(s) {unknown} (known: {list(SECTIONS)})")
     dpl = _build_model(dataclass_section(ModelSection, "model", section(config, "model")))
     nc = dataclass_section(NamedSection, "net", section(config, "net"))
+    members = nc.options.pop("members", 1)  # any network's option: an ensemble of it
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ConfigError(f"net.members must be a whole number >= 1 (networks trained together as an "
+                          f"ensemble; 1: one network), got {members!r}")
     _check_net(nc, dpl)
     loss = _build_loss(dataclass_section(NamedSection, "loss", section(config, "loss")))
     tx = _build_optimizer(dataclass_section(OptimSection, "optim", section(config, "optim")))
@@ -162,12 +175,13 @@ def build(config: dict) -> Experiment:
     if train.warmup + train.window > n_days:
         raise ConfigError(f"train.warmup + train.window = {train.warmup} + {train.window} days is longer "
                           f"than the training period data.train={list(data.train)} ({n_days} days)")
-    exp = Experiment(config, dpl, data, train, loss, tx, nc.name, nc.options)
+    exp = Experiment(config, dpl, data, train, loss, tx, nc.name, nc.options, members)
     try:  # shapes only: wrong option types of the network fail here, not inside the jitted step
         def trial():
             net = exp.make_net(len(data.net_forcing), len(data.attributes))
-            return net(jnp.zeros((2, 4, len(data.net_forcing))), jnp.zeros((2, len(data.attributes))),
-                       key=jax.random.key(0))
+            out = net(jnp.zeros((2, 4, len(data.net_forcing))), jnp.zeros((2, len(data.attributes))),
+                      key=jax.random.key(0))
+            return out.raw if isinstance(out, Stacked) else out
 
         out = jax.eval_shape(trial)
     except Exception as e:  # noqa: BLE001

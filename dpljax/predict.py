@@ -165,6 +165,7 @@ def _dataset(q, obs, res, skip: int, basins, times) -> xr.Dataset:
         else:
             v[f"param_{name}"] = (("basin", "component"), p.astype(np.float32),
                                   {"long_name": f"{name} (physical units)"})
-    for name, p in res.routing.items():
-        v[f"param_{name}"] = (("basin",), np.asarray(p).astype(np.float32), {"long_name": f"{name} (routing)"})
+    for name, p in res.routing.items():  # (basin,), or (basin, member) for an ensemble (net.members)
+        p = np.asarray(p)
+        v[f"param_{name}"] = (("basin", "member")[:p.ndim], p.astype(np.float32), {"long_name": f"{name} (routing)"})
     return xr.Dataset(v, coords=coords)

@@ -142,6 +142,8 @@ def experiment_view(exp) -> dict:
         if not data.get(k):
             data.pop(k, None)
     view = {s: exp.config[s] for s in ("model", "net", "loss", "optim")}
+    if view["net"].get("members") == 1:  # absent from older checkpoints: the same one network
+        view["net"] = {k: v for k, v in view["net"].items() if k != "members"}
     view["data"] = data
     return json.loads(json.dumps(view))
 

@@ -266,7 +266,10 @@ def make_train_step(dpl: DPL, source, tx: optax.GradientTransformation, loss_fn:
             b = shard_basins(b, mesh)
 
         def loss_of(theta):
-            q = simulate(dpl, source, theta, b, key=k_drop, detach=detach).q
+            q = simulate(dpl, source, theta, b, key=k_drop, detach=detach, each_member=True).q
+            if q.ndim == 3:  # an ensemble (net.members): the mean of the members' own losses
+                return jnp.mean(jax.vmap(lambda qm: loss_fn(qm[:, warmup:], b.obs[:, warmup:], b.obs_std),
+                                         in_axes=1)(q))
             return loss_fn(q[:, warmup:], b.obs[:, warmup:], b.obs_std)
 
         loss, grads = jax.value_and_grad(loss_of)(state.theta)
