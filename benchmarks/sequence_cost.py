@@ -30,20 +30,15 @@ CASES = (("lstm384_s7", "lstm", 384, 7), ("lstm384_s14", "lstm", 384, 14), ("gru
 
 
 def main(repeats: int = 7, cases=CASES) -> dict:
-    import jax
-
     from dpljax.parallel import use_host_devices
 
     use_host_devices(2)
-    import numpy as np
     from flax import nnx
 
-    from benchmarks.step_parts import adjusted_setup, finish, first_step, step_record, time_interleaved
+    from benchmarks.step_parts import adjusted_setup, finish, time_nets
     from benchmarks.throughput import N_ATTR
     from benchmarks.warmup_grad import _busy
-    from dpljax.losses import RMSECombined
     from dpljax.nets import LSTMMLP
-    from dpljax.train import TrainState, make_train_step
 
     b, warm, win = 100, 365, 365
     arrays, space, dpl, tx, cfg = adjusted_setup(b, warm, win)
@@ -52,21 +47,13 @@ def main(repeats: int = 7, cases=CASES) -> dict:
                     "sequence network + MLP [512, 512], dropout 0.5, Adam, RMSE-combined, 2 host devices",
            "repeats_each": repeats, "load_before": _busy(), "cases": {}}
     t_all = time.perf_counter()
-    runs = {}
-    for name, cell, hidden, stride in cases:
-        net = LSTMMLP(3, N_ATTR, space.n_outputs, dynamic_columns=space.dynamic_columns, hidden=hidden, dropout=0.5,
-                      stride=stride, mlp_hidden=(512, 512), cell=cell, rngs=nnx.Rngs(0))
-        graphdef, theta = nnx.split(net)
-        step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
-        runs[name] = first_step(step, TrainState.create(theta, tx), arrays)
-        runs[name]["spec"] = {"cell": cell, "hidden": hidden, "stride": stride,
-                              "n_params": int(sum(np.size(x) for x in jax.tree.leaves(theta)))}
-        print(name, "compiled", round(runs[name]["first_s"], 1), flush=True)
-    time_interleaved(runs, arrays, repeats)  # one step of each case in turn
-    ref = float(np.median(runs[cases[0][0]]["times"]))
-    for name, r in runs.items():
-        rec = step_record(r)
-        out["cases"][name] = {**r["spec"], **rec, "speed_over_first": ref / rec["median_s"]}
+    nets = {name: (LSTMMLP(3, N_ATTR, space.n_outputs, dynamic_columns=space.dynamic_columns, hidden=hidden,
+                           dropout=0.5, stride=stride, mlp_hidden=(512, 512), cell=cell, rngs=nnx.Rngs(0)),
+                   {"cell": cell, "hidden": hidden, "stride": stride})
+            for name, cell, hidden, stride in cases}
+    recs = time_nets(nets, dpl, tx, cfg, arrays, repeats)
+    ref = recs[cases[0][0]]["median_s"]
+    out["cases"] = {name: {**rec, "speed_over_first": ref / rec["median_s"]} for name, rec in recs.items()}
     print(json.dumps({k: (round(c["median_s"], 3), round(c["speed_over_first"], 2)) for k, c in out["cases"].items()}),
           flush=True)
     return finish(out, OUT, t_all, "probe", "SEQUENCE_COST_NOTE")

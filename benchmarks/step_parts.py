@@ -73,7 +73,6 @@ def main(repeats: int = 10) -> dict:
 
     use_host_devices(2)
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     from benchmarks.throughput import N_ATTR
@@ -116,6 +115,27 @@ def first_step(step, state, arrays) -> dict:
     jax.block_until_ready(info.loss)
     return {"step": step, "state": state, "first_s": time.perf_counter() - t0, "first_loss": float(info.loss),
             "times": []}
+
+
+def time_nets(nets: dict, dpl, tx, cfg, arrays, repeats: int) -> dict:
+    """``nets``: name -> (network, spec). Compiles each network's train step (RMSE-combined),
+    then times them interleaved (:func:`time_interleaved`); name -> spec + :func:`step_record`."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from dpljax.losses import RMSECombined
+    from dpljax.train import TrainState, make_train_step
+
+    runs = {}
+    for name, (net, spec) in nets.items():
+        graphdef, theta = nnx.split(net)
+        step = make_train_step(dpl, graphdef, tx, RMSECombined(), cfg)
+        runs[name] = first_step(step, TrainState.create(theta, tx), arrays)
+        runs[name]["spec"] = {**spec, "n_params": int(sum(np.size(x) for x in jax.tree.leaves(theta)))}
+        print(name, "compiled", round(runs[name]["first_s"], 1), flush=True)
+    time_interleaved(runs, arrays, repeats)  # one step of each case in turn
+    return {name: {**r["spec"], **step_record(r)} for name, r in runs.items()}
 
 
 def step_record(run: dict) -> dict:
