@@ -36,6 +36,12 @@ def raw_of(net: nnx.Module, x_dynamic, x_static, *, key: jax.Array | None = None
         return net.raw(x_dynamic, x_static, key=key, detach=detach)
     if callable(getattr(net, "parts", None)):  # split output (net=lstm_mlp): no dense array
         return net.parts(x_dynamic, x_static, key=key, detach=detach)
+    return dense_of(net, x_dynamic, x_static, key=key, detach=detach)
+
+
+def dense_of(net: nnx.Module, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0):
+    """A network's dense output; ``detach`` reaches a sequence network only (a static one has
+    no steps to run forward only)."""
     if detach and getattr(net, "is_sequence", False):
         return net(x_dynamic, x_static, key=key, detach=detach)
     return net(x_dynamic, x_static, key=key)
@@ -76,6 +82,4 @@ class Members(nnx.Module):
 
     def __call__(self, x_dynamic, x_static, *, key: jax.Array | None = None, detach: int = 0) -> Stacked:
         """Each member's dense output, stacked: a :class:`Stacked` of ``(M, B, [T,] n_out)``."""
-        if detach and self.is_sequence:
-            return Stacked(self._each(lambda net, k: net(x_dynamic, x_static, key=k, detach=detach), key))
-        return Stacked(self._each(lambda net, k: net(x_dynamic, x_static, key=k), key))
+        return Stacked(self._each(lambda net, k: dense_of(net, x_dynamic, x_static, key=k, detach=detach), key))
