@@ -17,7 +17,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/dpljax $(ARGS)
 
-# Two pytest workers (one per core here; XLA compiles on one thread), each test file kept on one.
+# Two pytest workers (one per core here; XLA compiles on one thread), each test file kept on one;
+# tests/conftest.py shares one compilation cache and compiles at LLVM -O0 (the suite is compile-bound).
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
